@@ -1,0 +1,589 @@
+"""clref: contrastive learning inverts the data generating process, in NumPy + autograd.
+
+Reference implementation of Zimmermann, Sharma, Schneider, Bethge and Brendel,
+"Contrastive Learning Inverts the Data Generating Process", ICML 2021
+(arXiv:2102.08850). Latents z are mixed by an invertible MLP g into
+observations x = g(z); an encoder f trained with InfoNCE on positive pairs
+(g(z), g(z_tilde)) makes h = f o g a simple map (a rotation on the sphere, a
+signed permutation on a box with an Lp loss, p != 2).
+
+The file reads top to bottom in the order of the data flow:
+configuration -> latent samplers -> mixing g -> encoder f -> losses ->
+metrics -> optimiser. "README §k" points to the math section of README.md.
+"""
+import math
+from dataclasses import dataclass, asdict
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import value_and_grad
+from autograd.misc import flatten
+
+SPACES = ("sphere", "box", "unbounded")
+MARGINALS = ("uniform", "normal", "laplace", "gennorm")
+CONDITIONALS = ("vmf", "normal", "laplace", "gennorm")
+HEADS = ("sphere", "box", "none")
+DTYPES = ("float32", "float64")
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines one experiment; validated once by `check_config`."""
+    # latent space and data (README §1-§2)
+    space: str = "sphere"          # "sphere" | "box" | "unbounded"
+    n: int = 10                    # latent dimension N
+    box_low: float = 0.0           # box [box_low, box_high]^N
+    box_high: float = 1.0
+    marginal: str = "uniform"      # p(z): "uniform" | "normal" | "laplace" | "gennorm"
+    marginal_scale: float = 1.0    # scale m of a non-uniform marginal
+    marginal_beta: float = 2.0     # shape of a generalised-normal marginal
+    conditional: str = "vmf"       # p(z_tilde|z): "vmf" | "normal" | "laplace" | "gennorm"
+    kappa: float = 1.0             # vMF concentration
+    sigma: float = 0.05            # Normal conditional: standard deviation
+    lam: float = 0.05              # Laplace / generalised normal conditional: scale
+    beta: float = 3.0              # generalised normal conditional: shape
+    # mixing g (README §3)
+    mixing_layers: int = 3
+    cond_pool: int = 25000         # the reference code keeps only matrices as well
+    cond_quantile: float = 0.0     # conditioned as the best of 25 000 draws
+    # encoder f and loss (README §4-§5)
+    widths: tuple = (100, 500, 500, 500, 500, 100)
+    head: str = "sphere"           # "sphere" | "box" | "none"
+    radius: float = 1.0            # sphere head: radius r (initial value if learned)
+    learn_radius: bool = False
+    tau: float = 1.0               # temperature; theory wants tau = 1/kappa on the sphere
+    p: float = None                # None: dot-product similarity; p >= 1: -||a-b||_p^p
+    # optimisation
+    batch_size: int = 1024
+    steps: int = 2000
+    lr: float = 1e-4
+    lr_final: float = None         # cosine decay to lr_final; None keeps lr constant
+    warmup: int = 0                # linear warm-up steps
+    dtype: str = "float32"
+    seed: int = 0
+
+    def replace(self, **changes):
+        return Config(**{**asdict(self), **changes})
+
+
+def _positive(name, value):
+    if not (isinstance(value, (int, float, np.number)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_config(cfg):
+    """Raise ValueError naming the first bad value of `cfg` and what is allowed."""
+    for name, allowed in [("space", SPACES), ("marginal", MARGINALS),
+                          ("conditional", CONDITIONALS), ("head", HEADS), ("dtype", DTYPES)]:
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.n, (int, np.integer)) or cfg.n < 2:
+        raise ValueError(f"n (latent dimension N) must be an integer >= 2, got {cfg.n!r}")
+    if cfg.conditional == "vmf" and cfg.space != "sphere":
+        raise ValueError(f"conditional 'vmf' is only defined on the sphere, got space {cfg.space!r}")
+    if cfg.marginal == "uniform" and cfg.space == "unbounded":
+        raise ValueError("marginal 'uniform' is not defined on the unbounded space R^N; "
+                         "use normal, laplace or gennorm")
+    for name in ("kappa", "sigma", "lam", "beta", "marginal_scale", "marginal_beta",
+                 "radius", "tau", "lr"):
+        _positive(name, getattr(cfg, name))
+    if cfg.lr_final is not None:
+        _positive("lr_final", cfg.lr_final)
+    if not cfg.box_low < cfg.box_high:
+        raise ValueError(f"box_low must be < box_high, got [{cfg.box_low}, {cfg.box_high}]")
+    if cfg.p is not None and not (math.isfinite(cfg.p) and cfg.p >= 1):
+        raise ValueError(f"p must be None (dot product) or a number >= 1, got {cfg.p!r}")
+    if cfg.p is None and cfg.head != "sphere":
+        raise ValueError(f"the dot-product loss (p=None) needs head 'sphere', got {cfg.head!r}")
+    if not cfg.widths or any(not isinstance(w, (int, np.integer)) or w < 1 for w in cfg.widths):
+        raise ValueError(f"widths must be a non-empty list of positive integers, got {cfg.widths!r}")
+    for name, low in [("mixing_layers", 1), ("cond_pool", 1), ("batch_size", 2),
+                      ("steps", 0), ("warmup", 0), ("seed", 0)]:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0 <= cfg.cond_quantile <= 1:
+        raise ValueError(f"cond_quantile must be in [0, 1], got {cfg.cond_quantile!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------
+# Latent samplers (README §2). Every sampler takes an explicit Generator.
+# ----------------------------------------------------------------------------
+
+def normalize(z):
+    """(B, N) -> (B, N): rows projected onto the unit sphere, z / ||z||_2."""
+    return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+
+def sample_uniform_sphere(batch, n, rng):
+    """(batch, n) uniform on the unit sphere: a normalised standard Gaussian."""
+    return normalize(rng.standard_normal((batch, n)))
+
+
+def sample_gennorm(shape, beta, lam, rng):
+    """Generalised normal, density ∝ exp(-|u/lam|^beta): u = lam * sign * G^(1/beta),
+    G ~ Gamma(1/beta, 1) (README §2). beta=1 is Laplace(lam), beta=2 Normal(lam/√2)."""
+    sign = rng.choice(np.array([-1.0, 1.0]), size=shape)
+    return lam * sign * rng.gamma(1.0 / beta, 1.0, size=shape) ** (1.0 / beta)
+
+
+def sample_noise(kind, shape, rng, sigma=None, lam=None, beta=None):
+    """Additive noise of one of the families "normal" (sigma), "laplace" (lam),
+    "gennorm" (beta, lam)."""
+    if kind == "normal":
+        return sigma * rng.standard_normal(shape)
+    if kind == "laplace":
+        return rng.laplace(0.0, lam, size=shape)
+    return sample_gennorm(shape, beta, lam, rng)
+
+
+def perturb_in_box(center, draw, low, high, max_rounds=10000):
+    """center + noise, every coordinate outside [low, high] redrawn until it is
+    inside (coordinate-wise rejection; README §2). `draw(k)` returns k noise values."""
+    out = center + draw(center.size).reshape(center.shape)
+    for _ in range(max_rounds):
+        bad = (out < low) | (out > high)
+        count = int(bad.sum())
+        if count == 0:
+            return out
+        out[bad] = center[bad] + draw(count)
+    raise ValueError(f"rejection in the box [{low}, {high}] did not finish after "
+                     f"{max_rounds} rounds; the noise scale is too small or too large for this box")
+
+
+def sample_vmf(mu, kappa, rng):
+    """(B, N) unit rows mu -> (B, N): one von Mises-Fisher(mu, kappa) draw per row.
+
+    Wood (1994): the cosine w = mu·z_tilde is drawn by rejection from a Beta
+    proposal, then z_tilde = w mu + sqrt(1 - w²) v with v uniform on the unit
+    sphere orthogonal to mu (README §2)."""
+    if not (np.isscalar(kappa) and math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"kappa must be a finite number > 0, got {kappa!r}")
+    mu = np.asarray(mu, dtype=float)
+    batch, n = mu.shape
+    if n < 2:
+        raise ValueError(f"the vMF distribution needs N >= 2, got N = {n}")
+    w = _wood_cosines(batch, n, kappa, rng)
+    v = rng.standard_normal((batch, n))
+    v = normalize(v - np.sum(v * mu, axis=1, keepdims=True) * mu)
+    return w[:, None] * mu + np.sqrt(np.clip(1.0 - w ** 2, 0.0, None))[:, None] * v
+
+
+def _wood_cosines(batch, n, kappa, rng):
+    """(batch,) cosines w with density ∝ exp(kappa w) (1 - w²)^((n-3)/2) (Wood 1994)."""
+    # b = (-2κ + sqrt(4κ² + (n-1)²)) / (n-1), written without cancellation
+    b = (n - 1) / (2 * kappa + math.sqrt(4 * kappa ** 2 + (n - 1) ** 2))
+    x0 = (1 - b) / (1 + b)
+    c = kappa * x0 + (n - 1) * math.log(1 - x0 ** 2)
+    w = np.empty(batch)
+    todo = np.arange(batch)
+    while todo.size:
+        beta_draw = rng.beta((n - 1) / 2, (n - 1) / 2, size=todo.size)
+        w_new = (1 - (1 + b) * beta_draw) / (1 - (1 - b) * beta_draw)
+        u = rng.uniform(size=todo.size)
+        accept = kappa * w_new + (n - 1) * np.log(1 - x0 * w_new) - c >= np.log(u)
+        w[todo[accept]] = w_new[accept]
+        todo = todo[~accept]
+    return w
+
+
+def sample_marginal(cfg, batch, rng):
+    """(batch, N) draws of p(z): uniform, or a Normal / Laplace / generalised normal
+    with scale m around the centre eta (e_1 on the sphere, 0 elsewhere), projected
+    back on the sphere, truncated to the box (README §2)."""
+    n = cfg.n
+    if cfg.marginal == "uniform":
+        if cfg.space == "sphere":
+            return sample_uniform_sphere(batch, n, rng)
+        return rng.uniform(cfg.box_low, cfg.box_high, size=(batch, n))
+
+    def draw(shape):
+        m = cfg.marginal_scale
+        return sample_noise(cfg.marginal, shape, rng, sigma=m, lam=m, beta=cfg.marginal_beta)
+
+    center = np.zeros((batch, n))
+    if cfg.space == "sphere":
+        center[:, 0] = 1.0
+        return normalize(center + draw((batch, n)))
+    if cfg.space == "box":
+        return perturb_in_box(center, draw, cfg.box_low, cfg.box_high)
+    return center + draw((batch, n))
+
+
+def sample_conditional(cfg, z, rng):
+    """(B, N) -> (B, N): one draw of p(z_tilde | z) per row (README §2)."""
+    if cfg.conditional == "vmf":
+        return sample_vmf(z, cfg.kappa, rng)
+
+    def draw(shape):
+        return sample_noise(cfg.conditional, shape, rng, sigma=cfg.sigma, lam=cfg.lam, beta=cfg.beta)
+
+    if cfg.space == "sphere":
+        return normalize(z + draw(z.shape))
+    if cfg.space == "box":
+        return perturb_in_box(z, draw, cfg.box_low, cfg.box_high)
+    return z + draw(z.shape)
+
+
+def sample_pairs(cfg, batch, rng):
+    """Positive pairs (z, z_tilde), each (batch, N): z ~ p(z), z_tilde ~ p(z_tilde|z)."""
+    z = sample_marginal(cfg, batch, rng)
+    return z, sample_conditional(cfg, z, rng)
+
+
+# ----------------------------------------------------------------------------
+# Mixing g: a frozen invertible MLP (README §3)
+# ----------------------------------------------------------------------------
+
+def _random_unit_column_matrices(count, n, rng):
+    w = rng.uniform(-1.0, 1.0, size=(count, n, n))
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+def make_mixing(n, n_layers, rng, cond_pool=25000, cond_quantile=0.0):
+    """List of n_layers (n, n) matrices W_l: entries uniform in [-1, 1], columns of
+    unit L2 norm, redrawn until the condition number is at most the
+    `cond_quantile` quantile of `cond_pool` such draws (0.0: their minimum)."""
+    pool = np.linalg.cond(_random_unit_column_matrices(cond_pool, n, rng))
+    threshold = np.quantile(pool, cond_quantile)
+    chunk = max(1, min(cond_pool, 25000))
+    mats = []
+    while len(mats) < n_layers:
+        candidates = _random_unit_column_matrices(chunk, n, rng)
+        good = np.linalg.cond(candidates) <= threshold
+        mats.extend(candidates[good][: n_layers - len(mats)])
+    return mats
+
+
+def leaky_relu(u, slope):
+    """max(u, slope * u) for 0 < slope < 1."""
+    return anp.where(u > 0, u, slope * u)
+
+
+MIXING_SLOPE = 0.2
+
+
+def mix(mixing, z):
+    """(B, N) -> (B, N): x = g(z) = W_L σ(... σ(W_1 z)), σ leaky ReLU (0.2), no biases."""
+    x = z
+    for l, w in enumerate(mixing):
+        if l > 0:
+            x = leaky_relu(x, MIXING_SLOPE)
+        x = x @ w.T
+    return x
+
+
+def unmix(mixing, x):
+    """(B, N) -> (B, N): the exact inverse g⁻¹(x), layers undone in reverse order."""
+    z = x
+    for l, w in reversed(list(enumerate(mixing))):
+        z = np.linalg.solve(w, z.T).T
+        if l > 0:
+            z = np.where(z > 0, z, z / MIXING_SLOPE)
+    return z
+
+
+# ----------------------------------------------------------------------------
+# Encoder f (README §4)
+# ----------------------------------------------------------------------------
+
+ENCODER_SLOPE = 0.01
+
+
+def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False):
+    """Parameters of the MLP N -> widths -> N: {"layers": [(W, b), ...]}, plus
+    "bound" (N,) for the box head and "radius" () for a learned sphere radius.
+    W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    sizes = [n, *widths, n]
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / math.sqrt(fan_in)
+        layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype),
+                       rng.uniform(-bound, bound, fan_out).astype(dtype)))
+    params = {"layers": layers}
+    if head == "box":
+        params["bound"] = np.ones(n, dtype=dtype)
+    if head == "sphere" and learn_radius:
+        params["radius"] = np.asarray(radius, dtype=dtype)
+    return params
+
+
+def encode(params, x, head, radius=1.0):
+    """(B, N) -> (B, N): h = f(x). Leaky ReLU (0.01) after every hidden layer, then
+    the head: "sphere" r h/||h||, "box" sigmoid(h) * bound, "none" h."""
+    h = x
+    layers = params["layers"]
+    for w, b in layers[:-1]:
+        h = leaky_relu(h @ w + b, ENCODER_SLOPE)
+    w, b = layers[-1]
+    h = h @ w + b
+    if head == "sphere":
+        r = params["radius"] if "radius" in params else radius
+        return r * h / anp.sqrt(anp.sum(h * h, axis=1, keepdims=True))
+    if head == "box":
+        return params["bound"] / (1.0 + anp.exp(-h))
+    return h
+
+
+# ----------------------------------------------------------------------------
+# Losses (README §5)
+# ----------------------------------------------------------------------------
+
+def logsumexp(a, axis):
+    """Stable log Σ exp(a) along `axis`: the row maximum is subtracted first."""
+    a_max = anp.max(a, axis=axis, keepdims=True)
+    return anp.squeeze(a_max, axis) + anp.log(anp.sum(anp.exp(a - a_max), axis=axis))
+
+
+def similarity_matrix(h, h_tilde, tau, p=None):
+    """(B, D), (B, D) -> (B, B): S[i, j] = s(h_j, h_tilde_i) / tau, with
+    s(a, b) = aᵀb when p is None, else -||a - b||_p^p (README §5)."""
+    if p is None:
+        return (h_tilde @ h.T) / tau
+    if p == 2:  # ||a - b||² = ||a||² + ||b||² - 2 aᵀb: one matrix product
+        sq = anp.sum(h * h, axis=1)[None, :] + anp.sum(h_tilde * h_tilde, axis=1)[:, None]
+        return -(sq - 2.0 * (h_tilde @ h.T)) / tau
+    diff = anp.abs(h_tilde[:, None, :] - h[None, :, :])
+    return -anp.sum(diff if p == 1 else diff ** p, axis=2) / tau
+
+
+def _check_tau(tau):
+    if not (np.isscalar(tau) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+
+
+def infonce(h, h_tilde, tau, p=None):
+    """Mean InfoNCE loss over the batch (README §5):
+    l_i = -S[i, i] + log Σ_j exp S[i, j], the positive inside the sum and the other
+    B - 1 anchors as negatives of each positive h_tilde_i."""
+    _check_tau(tau)
+    s = similarity_matrix(h, h_tilde, tau, p)
+    return anp.mean(logsumexp(s, axis=1) - anp.diag(s))
+
+
+def alignment(h, h_tilde, tau, p=None):
+    """Alignment term of the asymptotic loss: -mean_i s(h_i, h_tilde_i) / tau."""
+    _check_tau(tau)
+    if p is None:
+        return -anp.mean(anp.sum(h * h_tilde, axis=1)) / tau
+    return anp.mean(anp.sum(anp.abs(h - h_tilde) ** p, axis=1)) / tau
+
+
+def uniformity(h, h_tilde, tau, p=None):
+    """Uniformity term of the asymptotic loss, estimated with the B - 1 negatives:
+    mean_i log( (1/(B-1)) Σ_{j≠i} exp S[i, j] ) (README §5)."""
+    _check_tau(tau)
+    s = similarity_matrix(h, h_tilde, tau, p)
+    off_diagonal = anp.where(np.eye(s.shape[0], dtype=bool), -np.inf, s)
+    return anp.mean(logsumexp(off_diagonal, axis=1)) - math.log(s.shape[0] - 1)
+
+
+def regression_loss(h, z):
+    """Supervised baseline: mean over the batch of ||h - z||²."""
+    return anp.mean(anp.sum((h - z) ** 2, axis=1))
+
+
+# ----------------------------------------------------------------------------
+# Theory: closed forms used by the tests (README §5)
+# ----------------------------------------------------------------------------
+
+def log_bessel_iv(nu, x):
+    """log I_nu(x), modified Bessel function of the first kind, x > 0, from its
+    power series Σ_k (x/2)^(2k+nu) / (k! Γ(k+nu+1))."""
+    terms = int(x + 10 * math.sqrt(x) + 60)
+    k = np.arange(terms)
+    log_terms = ((2 * k + nu) * math.log(x / 2)
+                 - np.array([math.lgamma(i + 1) + math.lgamma(i + nu + 1) for i in k]))
+    return float(logsumexp(log_terms, axis=0))
+
+
+def vmf_mean_cosine(n, kappa):
+    """A_N(kappa) = I_{N/2}(kappa) / I_{N/2-1}(kappa): E[muᵀ z_tilde] under vMF."""
+    return math.exp(log_bessel_iv(n / 2, kappa) - log_bessel_iv(n / 2 - 1, kappa))
+
+
+def vmf_entropy(n, kappa):
+    """H_vMF = -log C_N(kappa) - kappa A_N(kappa), with
+    C_N(kappa) = kappa^(N/2-1) / ((2π)^(N/2) I_{N/2-1}(kappa))."""
+    log_c = ((n / 2 - 1) * math.log(kappa) - (n / 2) * math.log(2 * math.pi)
+             - log_bessel_iv(n / 2 - 1, kappa))
+    return -log_c - kappa * vmf_mean_cosine(n, kappa)
+
+
+def log_sphere_area(n):
+    """log |S^{N-1}| = log(2 π^(N/2) / Γ(N/2))."""
+    return math.log(2) + (n / 2) * math.log(math.pi) - math.lgamma(n / 2)
+
+
+def theorem1_limit(n, kappa):
+    """Limit of infonce - log(B-1) for the ideal encoder with tau = 1/kappa on the
+    sphere: H_vMF(kappa) - log |S^{N-1}| (README §5, Theorem 1)."""
+    return vmf_entropy(n, kappa) - log_sphere_area(n)
+
+
+# ----------------------------------------------------------------------------
+# Metrics (README §6)
+# ----------------------------------------------------------------------------
+
+def _check_pair(name_a, a, name_b, b):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b} must be 2-D arrays with the same number "
+                         f"of rows, got shapes {a.shape} and {b.shape}")
+    for name, arr in ((name_a, a), (name_b, b)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    return a, b
+
+
+def linear_r2(z, h, z_eval=None, h_eval=None):
+    """Mean over latent dimensions of R² = 1 - SSE/SST of the affine least-squares
+    map h -> z fitted on (z, h), scored on (z_eval, h_eval) if given, else in-sample."""
+    z, h = _check_pair("z", z, "h", h)
+    if (z_eval is None) != (h_eval is None):
+        raise ValueError("give both z_eval and h_eval, or neither")
+    if z_eval is None:
+        z_eval, h_eval = z, h
+    else:
+        z_eval, h_eval = _check_pair("z_eval", z_eval, "h_eval", h_eval)
+        if z_eval.shape[1] != z.shape[1] or h_eval.shape[1] != h.shape[1]:
+            raise ValueError(f"z_eval/h_eval have {z_eval.shape[1]}/{h_eval.shape[1]} columns, "
+                             f"z/h have {z.shape[1]}/{h.shape[1]}")
+    design = np.hstack([h, np.ones((len(h), 1))])
+    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
+    prediction = np.hstack([h_eval, np.ones((len(h_eval), 1))]) @ coef
+    sse = np.sum((z_eval - prediction) ** 2, axis=0)
+    sst = np.sum((z_eval - z_eval.mean(axis=0)) ** 2, axis=0)
+    return float(np.mean(1.0 - sse / sst))
+
+
+def correlation_matrix(z, h):
+    """(B, N), (B, D) -> (N, D) Pearson correlations; a constant column correlates 0."""
+    zc, hc = z - z.mean(axis=0), h - h.mean(axis=0)
+    z_norm, h_norm = np.linalg.norm(zc, axis=0), np.linalg.norm(hc, axis=0)
+    denom = np.outer(z_norm, h_norm)
+    return np.divide(zc.T @ hc, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def linear_assignment(cost):
+    """(n, n) -> (n,) ints: the column assigned to each row in a one-to-one
+    assignment of minimum total cost (Hungarian algorithm with potentials,
+    shortest augmenting paths, O(n³))."""
+    cost = np.asarray(cost, dtype=float)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"cost must be a square matrix, got shape {cost.shape}")
+    if not np.all(np.isfinite(cost)):
+        raise ValueError("cost contains non-finite values (nan or inf)")
+    n = cost.shape[0]
+    u, v = np.zeros(n + 1), np.zeros(n + 1)      # row and column potentials
+    row_of = np.zeros(n + 1, dtype=int)          # row_of[j]: row matched to column j (1-based)
+    for i in range(1, n + 1):
+        row_of[0], j0 = i, 0
+        min_slack, came_from = np.full(n + 1, np.inf), np.zeros(n + 1, dtype=int)
+        used = np.zeros(n + 1, dtype=bool)
+        while row_of[j0] != 0:
+            used[j0] = True
+            i0 = row_of[j0]
+            slack = cost[i0 - 1] - u[i0] - v[1:]
+            free = ~used[1:]
+            better = free & (slack < min_slack[1:])
+            min_slack[1:][better] = slack[better]
+            came_from[1:][better] = j0
+            candidates = np.where(free, min_slack[1:], np.inf)
+            j1 = int(np.argmin(candidates)) + 1
+            delta = candidates[j1 - 1]
+            u[row_of[used]] += delta
+            v[used] -= delta
+            min_slack[~used] -= delta
+            j0 = j1
+        while j0 != 0:                           # flip the augmenting path
+            j1 = came_from[j0]
+            row_of[j0] = row_of[j1]
+            j0 = j1
+    assignment = np.empty(n, dtype=int)
+    assignment[row_of[1:] - 1] = np.arange(n)
+    return assignment
+
+
+def mcc(z, h):
+    """Mean correlation coefficient: mean |Pearson ρ(z_i, h_π(i))| under the
+    one-to-one matching π that maximises the sum of |ρ| (README §6)."""
+    z, h = _check_pair("z", z, "h", h)
+    if z.shape[1] != h.shape[1]:
+        raise ValueError(f"mcc needs as many output as latent dimensions, got "
+                         f"{h.shape[1]} and {z.shape[1]}")
+    rho = np.abs(correlation_matrix(z, h))
+    match = linear_assignment(-rho)
+    return float(np.mean(rho[np.arange(len(match)), match]))
+
+
+def orthogonality_gap(z, h):
+    """Fit h ≈ A z + c by least squares and return sqrt(mean_k (s_k / rms(s) - 1)²)
+    over the singular values s of A: the distance of A, scaled to unit RMS singular
+    value, from its nearest orthogonal matrix, per dimension. 0 iff A ∝ orthogonal."""
+    z, h = _check_pair("z", z, "h", h)
+    design = np.hstack([z, np.ones((len(z), 1))])
+    coef, *_ = np.linalg.lstsq(design, h, rcond=None)
+    s = np.linalg.svd(coef[:-1], compute_uv=False)
+    s = s / np.sqrt(np.mean(s ** 2))
+    return float(np.sqrt(np.mean((s - 1.0) ** 2)))
+
+
+# ----------------------------------------------------------------------------
+# Objectives, optimiser and one training step
+# ----------------------------------------------------------------------------
+
+def contrastive_objective(params, x, x_tilde, cfg):
+    """InfoNCE of the encoder on a batch of positive pairs; both views go through
+    the encoder in one stacked forward pass."""
+    h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
+    batch = x.shape[0]
+    return infonce(h_both[:batch], h_both[batch:], cfg.tau, cfg.p)
+
+
+def supervised_objective(params, x, z, cfg):
+    """Regression of the raw encoder output (no head) onto the true latents."""
+    return regression_loss(encode(params, x, "none"), z)
+
+
+def adam_init(params):
+    """Adam state: first and second moments as flat vectors, and the step count."""
+    flat, _ = flatten(params)
+    return {"m": np.zeros_like(flat), "v": np.zeros_like(flat), "t": 0}
+
+
+def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """One Adam step (Kingma & Ba 2015) with bias correction; returns new
+    (params, state) and leaves the inputs untouched."""
+    flat, unflatten = flatten(params)
+    g, _ = flatten(grads)
+    t = state["t"] + 1
+    m = b1 * state["m"] + (1 - b1) * g
+    v = b2 * state["v"] + (1 - b2) * g * g
+    step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    flat = flat - (step * m / (np.sqrt(v) + eps)).astype(flat.dtype)
+    return unflatten(flat), {"m": m, "v": v, "t": t}
+
+
+def learning_rate(cfg, step):
+    """Learning rate at `step` (0-based): linear warm-up, then constant or a
+    cosine decay from cfg.lr to cfg.lr_final over cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_final is None:
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_step(objective, params, state, batch, cfg, lr):
+    """One optimisation step of `objective(params, *batch, cfg)`; returns
+    (loss, params, state)."""
+    loss, grads = value_and_grad(objective)(params, *batch, cfg)
+    params, state = adam_update(params, grads, state, lr)
+    return float(loss), params, state

@@ -1,0 +1,416 @@
+"""Tests: each states one claim of the paper or one property of the code, and
+compares against something independent (finite differences, brute force, a
+double loop, a closed form)."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import clref as C
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def random_orthogonal(n, generator):
+    q, r = np.linalg.qr(generator.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+# ----------------------------------------------------------------------------
+# Gradients: autograd against central finite differences, float64
+# ----------------------------------------------------------------------------
+
+GRADIENT_CASES = [  # (head, p, learn_radius)
+    ("sphere", None, False),
+    ("sphere", None, True),
+    ("sphere", 1, False),
+    ("box", 1, False),
+    ("box", 2, False),
+    ("none", 1, False),
+    ("none", 2, False),
+    ("none", 3, False),
+]
+
+
+def finite_difference_gradient(f, flat, eps=1e-5):
+    grad = np.zeros_like(flat)
+    for k in range(flat.size):
+        step = np.zeros_like(flat)
+        step[k] = eps
+        grad[k] = (f(flat + step) - f(flat - step)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("head,p,learn_radius", GRADIENT_CASES)
+def test_autograd_gradient_equals_finite_differences(head, p, learn_radius):
+    from autograd import grad
+    from autograd.misc import flatten
+    g = rng(1)
+    cfg = C.Config(n=3, widths=(5, 4), head=head, p=p, tau=0.5, radius=1.3,
+                   learn_radius=learn_radius, dtype="float64")
+    params = C.init_encoder(3, cfg.widths, head, g, "float64", 1.3, learn_radius)
+    x, x_tilde = g.standard_normal((6, 3)), g.standard_normal((6, 3))
+    flat, unflatten = flatten(params)
+
+    def loss(theta):
+        return C.contrastive_objective(unflatten(theta), x, x_tilde, cfg)
+
+    auto = flatten(grad(C.contrastive_objective)(params, x, x_tilde, cfg))[0]
+    numeric = finite_difference_gradient(loss, flat)
+    rel = np.linalg.norm(auto - numeric) / np.linalg.norm(numeric)
+    assert rel <= 1e-6, f"head={head} p={p}: autograd vs finite differences relative error {rel:.2e}"
+
+
+def test_supervised_gradient_equals_finite_differences():
+    from autograd import grad
+    from autograd.misc import flatten
+    g = rng(2)
+    cfg = C.Config(n=3, widths=(5,), head="none", p=2, dtype="float64")
+    params = C.init_encoder(3, cfg.widths, "none", g, "float64")
+    x, z = g.standard_normal((6, 3)), g.standard_normal((6, 3))
+    flat, unflatten = flatten(params)
+    auto = flatten(grad(C.supervised_objective)(params, x, z, cfg))[0]
+    numeric = finite_difference_gradient(lambda t: C.supervised_objective(unflatten(t), x, z, cfg), flat)
+    rel = np.linalg.norm(auto - numeric) / np.linalg.norm(numeric)
+    assert rel <= 1e-6, f"regression loss gradient relative error {rel:.2e}"
+
+
+# ----------------------------------------------------------------------------
+# Mixing g
+# ----------------------------------------------------------------------------
+
+def test_unmix_inverts_mix_and_mixing_entangles():
+    g = rng(3)
+    cfg = C.Config(n=10)
+    mixing = C.make_mixing(10, 3, g, cond_pool=2000)
+    z = C.sample_marginal(cfg, 4096, g)
+    x = C.mix(mixing, z)
+    err = np.max(np.abs(C.unmix(mixing, x) - z))
+    assert err < 1e-10, f"unmix(mix(z)) differs from z by {err:.2e}"
+    r2 = C.linear_r2(z, x)
+    assert r2 < 0.9, f"mixed data are nearly linear in z (identity R² {r2:.3f}); g is not entangling"
+
+
+def test_mixing_matrices_have_unit_columns_and_meet_the_condition_threshold():
+    pool_rng, g = rng(4), rng(4)
+    mats = C.make_mixing(5, 3, g, cond_pool=500, cond_quantile=0.01)
+    threshold = np.quantile(np.linalg.cond(C._random_unit_column_matrices(500, 5, pool_rng)), 0.01)
+    for w in mats:
+        assert np.allclose(np.linalg.norm(w, axis=0), 1.0), "mixing columns are not unit-norm"
+        assert np.linalg.cond(w) <= threshold, "a mixing matrix exceeds the condition threshold"
+
+
+# ----------------------------------------------------------------------------
+# Samplers
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,kappa", [(2, 0.5), (3, 1.0), (3, 10.0), (10, 1.0), (10, 10.0), (5, 100.0)])
+def test_vmf_mean_cosine_matches_closed_form(n, kappa):
+    g = rng(5)
+    mu = C.sample_uniform_sphere(20000, n, g)
+    z_tilde = C.sample_vmf(mu, kappa, g)
+    cos = np.sum(mu * z_tilde, axis=1)
+    expected = C.vmf_mean_cosine(n, kappa)
+    se = cos.std() / math.sqrt(cos.size)
+    assert abs(cos.mean() - expected) < 3 * se, (
+        f"N={n} kappa={kappa}: mean cosine {cos.mean():.4f}, closed form A_N = {expected:.4f} (se {se:.4f})")
+    assert np.allclose(np.linalg.norm(z_tilde, axis=1), 1.0), "vMF draws are not unit vectors"
+
+
+def test_vmf_is_rotation_equivariant_in_distribution():
+    """The direction orthogonal to mu is uniform: its mean over many draws is ~0."""
+    g = rng(6)
+    mu = np.tile(np.eye(4)[0], (20000, 1))
+    z_tilde = C.sample_vmf(mu, 3.0, g)
+    spread = z_tilde[:, 1:].mean(axis=0)
+    se = z_tilde[:, 1:].std(axis=0) / math.sqrt(20000)
+    assert np.all(np.abs(spread) < 4 * se), f"vMF draws are biased orthogonally to mu: {spread}"
+
+
+@pytest.mark.parametrize("beta,lam", [(1.0, 0.5), (2.0, 1.0), (3.0, 0.05), (0.7, 2.0)])
+def test_gennorm_variance_matches_closed_form(beta, lam):
+    u = C.sample_gennorm(200000, beta, lam, rng(7))
+    var = lam ** 2 * math.gamma(3 / beta) / math.gamma(1 / beta)
+    m4 = lam ** 4 * math.gamma(5 / beta) / math.gamma(1 / beta)
+    se = math.sqrt((m4 - var ** 2) / u.size)
+    assert abs(np.mean(u ** 2) - var) < 3 * se, (
+        f"beta={beta} lam={lam}: variance {np.mean(u ** 2):.5g}, closed form {var:.5g} (se {se:.2g})")
+
+
+@pytest.mark.parametrize("conditional", ["normal", "laplace", "gennorm"])
+def test_box_samples_stay_in_the_box(conditional):
+    cfg = C.Config(space="box", n=4, box_low=-0.5, box_high=2.0, conditional=conditional,
+                   sigma=0.3, lam=0.3, beta=3.0, head="none", p=1)
+    z, z_tilde = C.sample_pairs(cfg, 5000, rng(8))
+    for name, a in (("z", z), ("z_tilde", z_tilde)):
+        assert a.min() >= -0.5 and a.max() <= 2.0, f"{name} left the box: [{a.min()}, {a.max()}]"
+    assert np.abs(z - z_tilde).max() > 0, "the conditional added no noise"
+
+
+def test_truncated_marginal_in_the_box():
+    cfg = C.Config(space="box", n=3, marginal="laplace", marginal_scale=0.5,
+                   conditional="laplace", head="none", p=1)
+    z = C.sample_marginal(cfg, 5000, rng(9))
+    assert z.min() >= 0 and z.max() <= 1, "the truncated marginal left the box"
+
+
+@pytest.mark.parametrize("marginal,conditional", [("uniform", "vmf"), ("uniform", "normal"),
+                                                  ("uniform", "laplace"), ("normal", "vmf"),
+                                                  ("gennorm", "gennorm")])
+def test_sphere_samples_have_unit_norm(marginal, conditional):
+    cfg = C.Config(n=5, marginal=marginal, conditional=conditional, kappa=5.0)
+    z, z_tilde = C.sample_pairs(cfg, 2000, rng(10))
+    assert np.allclose(np.linalg.norm(z, axis=1), 1.0), f"{marginal} marginal is off the sphere"
+    assert np.allclose(np.linalg.norm(z_tilde, axis=1), 1.0), f"{conditional} conditional is off the sphere"
+
+
+def test_nonuniform_sphere_marginal_concentrates_around_e1():
+    cfg = C.Config(n=5, marginal="normal", marginal_scale=0.3)
+    z = C.sample_marginal(cfg, 5000, rng(11))
+    assert z[:, 0].mean() > 0.8, f"mean first coordinate {z[:, 0].mean():.3f}; expected mass near e_1"
+
+
+def test_laplace_conditional_noise_scale_on_unbounded_space():
+    cfg = C.Config(space="unbounded", n=3, marginal="normal", conditional="laplace", lam=0.2,
+                   head="none", p=1)
+    z, z_tilde = C.sample_pairs(cfg, 100000, rng(12))
+    var = np.var(z_tilde - z)
+    se = math.sqrt((24 * 0.2 ** 4 - (2 * 0.2 ** 2) ** 2) / (3 * 100000))
+    assert abs(var - 2 * 0.2 ** 2) < 4 * se, f"Laplace noise variance {var:.5f}, expected {2 * 0.04}"
+
+
+def test_same_seed_same_samples_and_parameters():
+    cfg = C.Config(n=4, kappa=3.0, widths=(8,))
+
+    def draw(seed):
+        g = rng(seed)
+        mixing = C.make_mixing(4, 2, g, cond_pool=100)
+        params = C.init_encoder(4, cfg.widths, "sphere", g)
+        return (*C.sample_pairs(cfg, 100, g), *mixing, params["layers"][0][0])
+
+    for a, b in zip(draw(5), draw(5)):
+        assert np.array_equal(a, b), "the same seed gave different numbers"
+    assert not np.array_equal(draw(5)[0], draw(6)[0]), "different seeds gave the same samples"
+
+
+# ----------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------
+
+def sphere_data(n=5, batch=4000, seed=13):
+    g = rng(seed)
+    cfg = C.Config(n=n)
+    mixing = C.make_mixing(n, 3, g, cond_pool=500)
+    return g, mixing, C.sample_marginal(cfg, batch, g), C.sample_marginal(cfg, batch, g)
+
+
+def test_ideal_encoder_scores_one():
+    g, mixing, z, z_eval = sphere_data()
+    h, h_eval = C.unmix(mixing, C.mix(mixing, z)), C.unmix(mixing, C.mix(mixing, z_eval))
+    assert C.linear_r2(z, h, z_eval, h_eval) == pytest.approx(1.0, abs=1e-10), "ideal encoder R² != 1"
+    assert C.mcc(z_eval, h_eval) == pytest.approx(1.0, abs=1e-10), "ideal encoder MCC != 1"
+
+
+def test_rotation_scores_r2_one_and_mcc_below_one():
+    g, _, z, z_eval = sphere_data()
+    q = random_orthogonal(5, g)
+    r2 = C.linear_r2(z, z @ q, z_eval, z_eval @ q)
+    assert r2 == pytest.approx(1.0, abs=1e-10), f"R² of a rotation is {r2}"
+    assert C.mcc(z_eval, z_eval @ q) < 0.9, "MCC does not see a generic rotation"
+    assert C.orthogonality_gap(z_eval, 3.0 * z_eval @ q) < 1e-8, "gap of a scaled rotation is not 0"
+
+
+def test_orthogonality_gap_sees_non_isometric_maps():
+    g, _, z, _ = sphere_data()
+    stretch = np.diag([1.0, 1.0, 1.0, 1.0, 3.0])
+    assert C.orthogonality_gap(z, z @ stretch) > 0.3, "gap misses an anisotropic stretch"
+
+
+def test_signed_scaled_permutation_scores_mcc_one():
+    g, _, z, _ = sphere_data()
+    perm = g.permutation(5)
+    h = z[:, perm] * np.array([-2.0, 0.5, 3.0, -1.0, 7.0]) + 4.0
+    assert C.mcc(z, h) == pytest.approx(1.0, abs=1e-12), "MCC of a signed, scaled permutation != 1"
+
+
+def test_independent_noise_scores_near_zero():
+    g, _, z, z_eval = sphere_data(batch=20000)
+    h, h_eval = g.standard_normal(z.shape), g.standard_normal(z.shape)
+    assert C.linear_r2(z, h, z_eval, h_eval) < 0.01, "held-out R² of noise is not ~0"
+    assert C.mcc(z_eval, h_eval) < 0.03, "MCC of noise is not ~0"
+
+
+def brute_force_assignment_cost(cost):
+    n = len(cost)
+    return min(sum(cost[i, perm[i]] for i in range(n)) for perm in itertools.permutations(range(n)))
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_linear_assignment_equals_brute_force(n):
+    g = rng(100 + n)
+    for trial in range(6):
+        if trial % 2:  # integer costs in a small range: many ties
+            cost = g.integers(0, 3, size=(n, n)).astype(float)
+        else:
+            cost = g.standard_normal((n, n))
+        match = C.linear_assignment(cost)
+        assert sorted(match) == list(range(n)), f"assignment {match} is not a permutation"
+        got = cost[np.arange(n), match].sum()
+        assert got == pytest.approx(brute_force_assignment_cost(cost), abs=1e-12), (
+            f"n={n}: Hungarian cost {got}, brute force {brute_force_assignment_cost(cost)}\n{cost}")
+
+
+def test_linear_assignment_matches_scipy_when_available():
+    optimize = pytest.importorskip("scipy.optimize")
+    g = rng(200)
+    for n in (10, 30):
+        cost = g.standard_normal((n, n))
+        rows, cols = optimize.linear_sum_assignment(cost)
+        ours = C.linear_assignment(cost)
+        assert cost[np.arange(n), ours].sum() == pytest.approx(cost[rows, cols].sum(), abs=1e-10)
+
+
+# ----------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------
+
+def infonce_double_loop(h, h_tilde, tau, p):
+    """The loss of README §5 written out sample by sample."""
+    total = 0.0
+    for i in range(len(h)):
+        scores = []
+        for j in range(len(h)):
+            if p is None:
+                s = float(np.dot(h[j], h_tilde[i]))
+            else:
+                s = -float(np.sum(np.abs(h[j] - h_tilde[i]) ** p))
+            scores.append(s / tau)
+        top = max(scores)
+        total += -scores[i] + top + math.log(sum(math.exp(s - top) for s in scores))
+    return total / len(h)
+
+
+@pytest.mark.parametrize("p", [None, 1, 2, 3, 1.5])
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_infonce_equals_double_loop(p, tau):
+    g = rng(14)
+    h, h_tilde = g.standard_normal((17, 4)), g.standard_normal((17, 4))
+    got, want = C.infonce(h, h_tilde, tau, p), infonce_double_loop(h, h_tilde, tau, p)
+    assert got == pytest.approx(want, abs=1e-12, rel=1e-12), f"p={p} tau={tau}: {got} vs loop {want}"
+
+
+def test_infonce_is_stable_for_large_similarities():
+    g = rng(15)
+    h = C.normalize(g.standard_normal((8, 3)))
+    value = C.infonce(h, h, 1e-4)
+    assert np.isfinite(value), "infonce overflowed at tau = 1e-4"
+    assert value == pytest.approx(infonce_double_loop(h, h, 1e-4, None), rel=1e-9)
+
+
+def test_alignment_plus_uniformity_match_infonce_for_large_batches():
+    g = rng(16)
+    z, z_tilde = C.sample_pairs(C.Config(n=3, kappa=2.0), 4000, g)
+    gap = C.infonce(z, z_tilde, 0.5) - math.log(3999)
+    parts = C.alignment(z, z_tilde, 0.5) + C.uniformity(z, z_tilde, 0.5)
+    assert gap == pytest.approx(parts, abs=2e-3), f"loss - log M = {gap}, alignment + uniformity = {parts}"
+
+
+def test_dot_loss_is_invariant_to_rotations():
+    g = rng(17)
+    h, h_tilde = C.normalize(g.standard_normal((32, 5))), C.normalize(g.standard_normal((32, 5)))
+    q = random_orthogonal(5, g)
+    assert C.infonce(h @ q, h_tilde @ q, 0.3) == pytest.approx(C.infonce(h, h_tilde, 0.3), abs=1e-12)
+
+
+def test_l1_loss_sees_rotations_but_not_signed_permutations():
+    g = rng(18)
+    h, h_tilde = g.standard_normal((32, 5)), g.standard_normal((32, 5))
+    base = C.infonce(h, h_tilde, 1.0, p=1)
+    signed_perm = np.eye(5)[g.permutation(5)] * np.array([1, -1, -1, 1, -1])
+    assert C.infonce(h @ signed_perm, h_tilde @ signed_perm, 1.0, p=1) == pytest.approx(base, abs=1e-12)
+    q = random_orthogonal(5, g)
+    rotated = C.infonce(h @ q, h_tilde @ q, 1.0, p=1)
+    assert abs(rotated - base) > 1e-3, "the L1 loss did not change under a generic rotation"
+
+
+@pytest.mark.parametrize("n,kappa", [(3, 1.0), (3, 10.0), (10, 1.0), (10, 10.0)])
+def test_theorem1_ideal_encoder_reaches_the_entropy_bound(n, kappa):
+    """Theorem 1: for h = identity and tau = 1/kappa, loss - log M -> H_vMF - log|S^{N-1}|."""
+    g = rng(19)
+    batch = 8192
+    z, z_tilde = C.sample_pairs(C.Config(n=n, kappa=kappa), batch, g)
+    value = C.infonce(z, z_tilde, 1.0 / kappa) - math.log(batch - 1)
+    limit = C.theorem1_limit(n, kappa)
+    assert abs(value - limit) < 0.02, f"N={n} kappa={kappa}: {value:.4f}, theory {limit:.4f}"
+    stretch = np.ones(n)
+    stretch[0] = 2.0
+    h, h_tilde = C.normalize(z * stretch), C.normalize(z_tilde * stretch)
+    worse = C.infonce(h, h_tilde, 1.0 / kappa) - math.log(batch - 1)
+    assert worse > value + 0.01, f"a non-isometric h scored {worse:.4f}, not above the ideal {value:.4f}"
+
+
+# ----------------------------------------------------------------------------
+# Optimiser
+# ----------------------------------------------------------------------------
+
+def test_adam_first_step_moves_each_parameter_by_lr():
+    """With bias correction, Adam's first step is lr * sign(gradient)."""
+    params = {"a": np.array([1.0, -2.0]), "b": [np.array(3.0)]}
+    grads = {"a": np.array([0.5, -7.0]), "b": [np.array(1e-3)]}
+    new, state = C.adam_update(params, grads, C.adam_init(params), lr=0.1)
+    assert np.allclose(new["a"], [0.9, -1.9], atol=1e-6) and np.isclose(new["b"][0], 2.9, atol=1e-4)
+    assert state["t"] == 1 and params["a"][0] == 1.0, "adam_update changed its input"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_train_step_keeps_dtype_and_lowers_the_loss(dtype):
+    g = rng(20)
+    cfg = C.Config(n=3, widths=(16, 16), head="none", p=1, dtype=dtype)
+    params = C.init_encoder(3, cfg.widths, "none", g, dtype)
+    state = C.adam_init(params)
+    x, x_tilde = g.standard_normal((64, 3)).astype(dtype), g.standard_normal((64, 3)).astype(dtype)
+    x_tilde = (x + 0.05 * x_tilde).astype(dtype)
+    first = C.contrastive_objective(params, x, x_tilde, cfg)
+    for _ in range(50):
+        loss, params, state = C.train_step(C.contrastive_objective, params, state, (x, x_tilde), cfg, 1e-2)
+    assert all(w.dtype == np.dtype(dtype) for layer in params["layers"] for w in layer), "dtype changed"
+    assert loss < first - 0.5, f"50 steps on one batch did not lower the loss ({first:.3f} -> {loss:.3f})"
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes,named", [
+    (dict(kappa=0.0), "kappa"), (dict(kappa=-1.0), "kappa"), (dict(tau=0.0), "tau"),
+    (dict(tau=-0.5), "tau"), (dict(space="box", conditional="vmf", head="none", p=1), "vmf"),
+    (dict(space="unbounded", marginal="uniform", conditional="normal", head="none", p=2), "uniform"),
+    (dict(n=1), "n"), (dict(space="torus"), "space"), (dict(p=0.5), "p"),
+    (dict(lam=float("nan")), "lam"), (dict(batch_size=1), "batch_size"), (dict(steps=-1), "steps"),
+    (dict(widths=(10, 0)), "widths"), (dict(head="none", p=None), "head"),
+])
+def test_bad_config_raises_value_error_naming_the_value(changes, named):
+    with pytest.raises(ValueError, match=named):
+        C.check_config(C.Config().replace(**changes))
+
+
+def test_bad_arguments_to_public_functions_raise_value_error():
+    g = rng(21)
+    h = g.standard_normal((5, 3))
+    with pytest.raises(ValueError, match="kappa"):
+        C.sample_vmf(C.normalize(h), 0.0, g)
+    with pytest.raises(ValueError, match="N >= 2"):
+        C.sample_vmf(np.ones((4, 1)), 1.0, g)
+    with pytest.raises(ValueError, match="tau"):
+        C.infonce(h, h, -1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        C.linear_r2(h, h[:4])
+    with pytest.raises(ValueError, match="non-finite"):
+        C.mcc(h, np.where(h > 1, np.nan, h) if np.any(h > 1) else h * np.nan)
+    with pytest.raises(ValueError, match="z_eval"):
+        C.linear_r2(h, h, z_eval=h)
+    with pytest.raises(ValueError, match="square"):
+        C.linear_assignment(np.ones((2, 3)))
