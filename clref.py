@@ -52,6 +52,7 @@ class Config:
     cond_quantile: float = 0.0     # conditioned as the best of 25 000 draws
     # encoder f and loss (README §4-§5)
     widths: tuple = (100, 500, 500, 500, 500, 100)
+    identity_init: bool = True     # start f close to linear (README §4)
     head: str = "sphere"           # "sphere" | "box" | "none"
     radius: float = 1.0            # sphere head: radius r (initial value if learned)
     learn_radius: bool = False
@@ -65,9 +66,20 @@ class Config:
     warmup: int = 0                # linear warm-up steps
     dtype: str = "float32"
     seed: int = 0
+    # evaluation and baselines (README §6)
+    eval_every: int = 100          # steps between evaluations / checkpoints
+    eval_size: int = 4096          # fresh samples to fit the linear map, as many to score it
+    supervised_steps: int = 0      # steps of the supervised baseline (0: skip it)
 
     def replace(self, **changes):
         return Config(**{**asdict(self), **changes})
+
+    def to_dict(self):
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @staticmethod
+    def from_dict(d):
+        return Config(**{**d, "widths": tuple(d["widths"])})
 
 
 def _positive(name, value):
@@ -102,7 +114,8 @@ def check_config(cfg):
     if not cfg.widths or any(not isinstance(w, (int, np.integer)) or w < 1 for w in cfg.widths):
         raise ValueError(f"widths must be a non-empty list of positive integers, got {cfg.widths!r}")
     for name, low in [("mixing_layers", 1), ("cond_pool", 1), ("batch_size", 2),
-                      ("steps", 0), ("warmup", 0), ("seed", 0)]:
+                      ("steps", 0), ("warmup", 0), ("seed", 0), ("eval_every", 1),
+                      ("eval_size", 16), ("supervised_steps", 0)]:
         value = getattr(cfg, name)
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -295,22 +308,39 @@ def unmix(mixing, x):
 ENCODER_SLOPE = 0.01
 
 
-def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False):
+def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False,
+                 identity_init=True):
     """Parameters of the MLP N -> widths -> N: {"layers": [(W, b), ...]}, plus
     "bound" (N,) for the box head and "radius" () for a learned sphere radius.
-    W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), b = 0. With `identity_init` the first
+    2N units of every hidden layer also carry (x, -x) through the network, so the
+    initial f is close to linear (README §4: why the sphere head needs this);
+    it needs every width >= 2N and is skipped otherwise."""
     sizes = [n, *widths, n]
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         bound = 1.0 / math.sqrt(fan_in)
-        layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype),
-                       rng.uniform(-bound, bound, fan_out).astype(dtype)))
+        w = rng.uniform(-bound, bound, (fan_in, fan_out))
+        if identity_init and min(widths) >= 2 * n:
+            w = w + _identity_path(n, fan_in, fan_out, first=k == 0, last=k == len(sizes) - 2)
+        layers.append((w.astype(dtype), np.zeros(fan_out, dtype=dtype)))
     params = {"layers": layers}
     if head == "box":
         params["bound"] = np.ones(n, dtype=dtype)
     if head == "sphere" and learn_radius:
         params["radius"] = np.asarray(radius, dtype=dtype)
     return params
+
+
+def _identity_path(n, fan_in, fan_out, first, last):
+    """(fan_in, fan_out) weights that route u = x and v = -x through units 0..2N-1:
+    leaky(u) - leaky(v) = (1 + slope) x, so the path is linear in x."""
+    eye = np.eye(n)
+    into = eye if first else np.vstack([eye, -eye]) / (1 + ENCODER_SLOPE)
+    out = into if last else np.hstack([into, -into])
+    path = np.zeros((fan_in, fan_out))
+    path[: out.shape[0], : out.shape[1]] = out
+    return path
 
 
 def encode(params, x, head, radius=1.0):

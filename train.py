@@ -1,0 +1,559 @@
+"""Experiments of the paper's synthetic grid on a CPU: presets, runs, grid, CLI.
+
+python train.py                      # the default preset (sphere + vMF, N = 10)
+python train.py --list               # every preset and what theory expects
+python train.py --preset NAME [...]  # one run, with overrides
+python train.py --grid --seeds 3     # every preset, results/grid.csv and grid.md
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import clref as C
+
+# ----------------------------------------------------------------------------
+# Presets: the rows of the experiment grid (README "The experiment grid")
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    setting: str          # what the row is, in words
+    expect: str           # what theory (or the robustness claim) predicts
+    bars: tuple           # (metric, ">=" or "<", threshold): the row is met when all hold
+    config: C.Config
+
+
+# CPU recipe shared by every row unless the row says otherwise: a narrower
+# encoder than the paper's (4 x 128 instead of 100-500x4-100), batch 512,
+# Adam at 1e-3 with a cosine decay, N = 10, 3 mixing layers conditioned as in
+# the reference code. Measured times and numbers: README "Results".
+CPU = C.Config(n=10, widths=(128, 128, 128, 128), batch_size=512, steps=6000, lr=1e-3,
+               lr_final=1e-5, warmup=100, eval_every=250, supervised_steps=1500)
+SPHERE = CPU.replace(space="sphere", head="sphere")
+BOX = CPU.replace(space="box", head="none", tau=1.0)
+UNBOUNDED = CPU.replace(space="unbounded", head="none", tau=1.0)
+
+R2_ONE = (("r2", ">=", 0.99),)
+R2_HIGH = (("r2", ">=", 0.9),)
+MCC_ONE = (("mcc", ">=", 0.98),)
+MCC_HIGH = (("mcc", ">=", 0.9),)
+
+PRESETS = {
+    "sphere_vmf": Preset(
+        "sphere, uniform, vMF kappa=1, dot loss tau=1", "R² -> 1", R2_ONE,
+        SPHERE.replace(conditional="vmf", kappa=1.0, tau=1.0)),
+    "sphere_vmf_k10": Preset(
+        "sphere, uniform, vMF kappa=10, dot loss tau=0.1", "R² -> 1", R2_ONE,
+        SPHERE.replace(conditional="vmf", kappa=10.0, tau=0.1)),
+    "sphere_vmf_mismatch": Preset(
+        "sphere, uniform, vMF kappa=10, dot loss tau=1", "R² high (robustness)", R2_HIGH,
+        SPHERE.replace(conditional="vmf", kappa=10.0, tau=1.0)),
+    "sphere_laplace": Preset(
+        "sphere, uniform, Laplace lam=0.05 projected, dot loss tau=1", "R² high (robustness)",
+        R2_HIGH, SPHERE.replace(conditional="laplace", lam=0.05, tau=1.0)),
+    "sphere_normal": Preset(
+        "sphere, uniform, Normal sigma=0.05 projected, dot loss tau=1", "R² high (robustness)",
+        R2_HIGH, SPHERE.replace(conditional="normal", sigma=0.05, tau=1.0)),
+    "sphere_nonuniform": Preset(
+        "sphere, Normal(e1, 1) projected, vMF kappa=10, dot loss tau=0.1", "R² high (robustness)",
+        R2_HIGH, SPHERE.replace(marginal="normal", marginal_scale=1.0, conditional="vmf",
+                                kappa=10.0, tau=0.1)),
+    "box_laplace_l1": Preset(
+        "box [0,1], uniform, Laplace lam=0.05, L1 loss tau=1", "MCC -> 1", MCC_ONE,
+        BOX.replace(conditional="laplace", lam=0.05, p=1.0)),
+    "box_laplace_l1_boxnorm": Preset(
+        "box [0,1], uniform, Laplace lam=0.05, L1 loss tau=1, box head", "MCC -> 1", MCC_ONE,
+        BOX.replace(conditional="laplace", lam=0.05, p=1.0, head="box")),
+    "box_gennorm_p3": Preset(
+        "box [0,1], uniform, gennorm beta=3 lam=0.05, L3 loss tau=1", "MCC -> 1", MCC_ONE,
+        BOX.replace(conditional="gennorm", beta=3.0, lam=0.05, p=3.0)),
+    "box_normal_l2": Preset(
+        "box [0,1], uniform, Normal sigma=0.05, L2 loss tau=1", "R² -> 1, MCC < 1",
+        R2_ONE + (("mcc", "<", 0.95),), BOX.replace(conditional="normal", sigma=0.05, p=2.0)),
+    "box_laplace_l2": Preset(
+        "box [0,1], uniform, Laplace lam=0.05, L2 loss tau=1", "R² high, MCC < 1",
+        R2_HIGH + (("mcc", "<", 0.95),), BOX.replace(conditional="laplace", lam=0.05, p=2.0)),
+    "box_normal_l1": Preset(
+        "box [0,1], uniform, Normal sigma=0.05, L1 loss tau=1", "R² high", R2_HIGH,
+        BOX.replace(conditional="normal", sigma=0.05, p=1.0)),
+    "unbounded_laplace_l1": Preset(
+        "R^N, Laplace(0,1), Laplace lam=0.05, L1 loss tau=1", "MCC high", MCC_HIGH,
+        UNBOUNDED.replace(marginal="laplace", marginal_scale=1.0, conditional="laplace",
+                          lam=0.05, p=1.0)),
+    "unbounded_normal_l2": Preset(
+        "R^N, Normal(0,1), Normal sigma=0.05, L2 loss tau=1", "R² high; MCC low (rotation)",
+        R2_HIGH + (("mcc", "<", 0.95),),
+        UNBOUNDED.replace(marginal="normal", marginal_scale=1.0, conditional="normal",
+                          sigma=0.05, p=2.0)),
+}
+DEFAULT_PRESET = "sphere_vmf_k10"
+
+
+def bars_met(preset, metrics):
+    """True when every bar of the preset holds for metrics {"r2": .., "mcc": ..}."""
+    return all(metrics[name] >= value if op == ">=" else metrics[name] < value
+               for name, op, value in preset.bars)
+
+
+def describe_bars(preset):
+    return " and ".join(f"{name} {op} {value}" for name, op, value in preset.bars)
+
+
+# ----------------------------------------------------------------------------
+# Files: atomic writes and checkpoints
+# ----------------------------------------------------------------------------
+
+def write_atomic(path, write):
+    """Write through a temporary file in the same directory, then rename: a crash
+    leaves the old file or the new one, never a partial one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path, text):
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def csv_text(rows, columns):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+CHECKPOINT = "checkpoint.npz"
+LOG_COLUMNS = ["step", "loss", "r2", "mcc", "seconds"]
+
+
+def save_checkpoint(run_dir, state):
+    from autograd.misc import flatten
+    flat, _ = flatten(state["params"])
+    arrays = {
+        "params": flat, "adam_m": state["adam"]["m"], "adam_v": state["adam"]["v"],
+        "adam_t": np.array(state["adam"]["t"]), "step": np.array(state["step"]),
+        "seconds": np.array(state["seconds"]),
+        "rng_state": np.array(json.dumps(state["rng"].bit_generator.state)),
+        "log": np.array(json.dumps(state["log"])),
+        "config": np.array(json.dumps(state["cfg"].to_dict())),
+    }
+    arrays.update({f"mixing_{k}": w for k, w in enumerate(state["mixing"])})
+    write_atomic(os.path.join(run_dir, CHECKPOINT), lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(run_dir, cfg, params_template):
+    """The state saved by save_checkpoint; ValueError if missing, corrupted or
+    written for another configuration."""
+    from autograd.misc import flatten
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ValueError(f"--resume: no checkpoint at {path}")
+    try:
+        with np.load(path) as data:
+            saved_cfg = C.Config.from_dict(json.loads(str(data["config"])))
+            flat = data["params"]
+            _, unflatten = flatten(params_template)
+            rng = np.random.default_rng()
+            rng.bit_generator.state = json.loads(str(data["rng_state"]))
+            mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
+            state = {
+                "params": unflatten(flat.astype(cfg.dtype)),
+                "adam": {"m": data["adam_m"], "v": data["adam_v"], "t": int(data["adam_t"])},
+                "step": int(data["step"]), "seconds": float(data["seconds"]), "rng": rng,
+                "log": json.loads(str(data["log"])), "mixing": mixing, "cfg": cfg,
+            }
+    except Exception as error:  # any unreadable or inconsistent file
+        raise ValueError(f"--resume: checkpoint {path} is corrupted or unreadable ({error})") from None
+    if saved_cfg != cfg:
+        raise ValueError(f"--resume: checkpoint {path} was written for another configuration; "
+                         f"use the same options as the interrupted run")
+    if flat.size != flatten(params_template)[0].size:
+        raise ValueError(f"--resume: checkpoint {path} holds parameters of another shape")
+    return state
+
+
+# ----------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def generators(seed):
+    """Independent generators for (mixing + init), the training stream, the
+    evaluation sets and the supervised baseline, all from one seed."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+
+
+def observe(cfg, mixing, z):
+    return C.mix(mixing, z).astype(cfg.dtype)
+
+
+def evaluation_sets(cfg, mixing, rng):
+    """Fresh (z, x) to fit the linear map and fresh (z, x) to score it."""
+    z_fit, z_eval = (C.sample_marginal(cfg, cfg.eval_size, rng) for _ in range(2))
+    return z_fit, observe(cfg, mixing, z_fit), z_eval, observe(cfg, mixing, z_eval)
+
+
+def scores(z_fit, h_fit, z_eval, h_eval):
+    """Held-out linear R² and MCC on the evaluation set (README §6)."""
+    return {"r2": C.linear_r2(z_fit, h_fit, z_eval, h_eval), "mcc": C.mcc(z_eval, h_eval)}
+
+
+def evaluate(cfg, params, head, sets):
+    z_fit, x_fit, z_eval, x_eval = sets
+    return scores(z_fit, C.encode(params, x_fit, head, cfg.radius),
+                  z_eval, C.encode(params, x_eval, head, cfg.radius))
+
+
+def format_seconds(seconds):
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.1f}s"
+
+
+def contrastive_batch(cfg, mixing, rng):
+    z, z_tilde = C.sample_pairs(cfg, cfg.batch_size, rng)
+    return observe(cfg, mixing, z), observe(cfg, mixing, z_tilde)
+
+
+def supervised_batch(cfg, mixing, rng):
+    z = C.sample_marginal(cfg, cfg.batch_size, rng)
+    return observe(cfg, mixing, z), z.astype(cfg.dtype)
+
+
+def train_loop(cfg, state, sets, run_dir, say):
+    """Contrastive training from state["step"] to cfg.steps; evaluates, logs and
+    checkpoints every cfg.eval_every steps."""
+    start = time.time() - state["seconds"]
+    resumed_at, first_step = time.time(), state["step"]
+    while state["step"] < cfg.steps:
+        lr = C.learning_rate(cfg, state["step"])
+        batch = contrastive_batch(cfg, state["mixing"], state["rng"])
+        loss, params, adam = C.train_step(C.contrastive_objective, state["params"],
+                                          state["adam"], batch, cfg, lr)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss} at step {state['step'] + 1}; "
+                                f"the last good checkpoint is step {state['step']}")
+        state.update(params=params, adam=adam, step=state["step"] + 1)
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+            state["seconds"] = time.time() - start
+            row = {"step": state["step"], "loss": loss,
+                   **evaluate(cfg, params, cfg.head, sets), "seconds": state["seconds"]}
+            state["log"].append(row)
+            done = state["step"] - first_step
+            eta = (cfg.steps - state["step"]) * (time.time() - resumed_at) / max(done, 1)
+            say(f"step {state['step']:>6}/{cfg.steps}  loss {loss:.4f}  r2 {row['r2']:.4f}  "
+                f"mcc {row['mcc']:.4f}  elapsed {format_seconds(state['seconds'])}  "
+                f"eta {format_seconds(eta)}")
+            if run_dir:
+                write_text(os.path.join(run_dir, "log.csv"), csv_text(state["log"], LOG_COLUMNS))
+                save_checkpoint(run_dir, state)
+    return state
+
+
+def supervised_baseline(cfg, mixing, sets, rng, say):
+    """The same encoder trained by regression onto z for cfg.supervised_steps."""
+    params = C.init_encoder(cfg.n, cfg.widths, "none", rng, cfg.dtype,
+                            identity_init=cfg.identity_init)
+    adam = C.adam_init(params)
+    short = cfg.replace(steps=cfg.supervised_steps)
+    for step in range(cfg.supervised_steps):
+        batch = supervised_batch(cfg, mixing, rng)
+        _, params, adam = C.train_step(C.supervised_objective, params, adam, batch, cfg,
+                                       C.learning_rate(short, step))
+    result = evaluate(cfg, params, "none", sets)
+    say(f"supervised baseline ({cfg.supervised_steps} steps): r2 {result['r2']:.4f}  "
+        f"mcc {result['mcc']:.4f}")
+    return result
+
+
+def run(cfg, run_dir=None, preset=None, resume=False, say=print):
+    """Train one configuration; returns the metrics dictionary. With run_dir,
+    writes config.json, log.csv, checkpoint.npz and metrics.json there."""
+    C.check_config(cfg)
+    init_rng, data_rng, eval_rng, supervised_rng = generators(cfg.seed)
+    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
+    params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
+                            cfg.learn_radius, cfg.identity_init)
+    sets = evaluation_sets(cfg, mixing, eval_rng)
+    if resume:
+        state = load_checkpoint(run_dir, cfg, params)
+        say(f"resuming {run_dir} at step {state['step']}")
+    else:
+        state = {"params": params, "adam": C.adam_init(params), "step": 0, "seconds": 0.0,
+                 "rng": data_rng, "log": [], "mixing": mixing, "cfg": cfg}
+    if run_dir:
+        write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
+    z_fit, x_fit, z_eval, x_eval = sets
+    identity = scores(z_fit, x_fit, z_eval, x_eval)
+    say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
+    state = train_loop(cfg, state, sets, run_dir, say)
+    last = state["log"][-1] if state["log"] else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)}
+    metrics = {"preset": preset, "seed": cfg.seed, "steps": cfg.steps,
+               "seconds": round(state["seconds"], 2), "loss": last["loss"], "r2": last["r2"],
+               "mcc": last["mcc"], "identity_r2": identity["r2"], "identity_mcc": identity["mcc"]}
+    if cfg.supervised_steps:
+        supervised = supervised_baseline(cfg, mixing, sets, supervised_rng, say)
+        metrics.update(supervised_r2=supervised["r2"], supervised_mcc=supervised["mcc"],
+                       supervised_steps=cfg.supervised_steps)
+    if preset in PRESETS:
+        metrics.update(expect=PRESETS[preset].expect, met=bars_met(PRESETS[preset], metrics))
+    if run_dir:
+        write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def verdict(metrics, preset):
+    """One line that says whether the run shows what theory expects."""
+    base = f"(identity {metrics['identity_r2']:.3f}"
+    if "supervised_r2" in metrics:
+        base += f", supervised {metrics['supervised_r2']:.3f}"
+    numbers = (f"held-out R² {metrics['r2']:.3f}, MCC {metrics['mcc']:.3f} {base}) "
+               f"in {format_seconds(metrics['seconds'])}")
+    if preset not in PRESETS:
+        return f"finished: {numbers}"
+    word = "recovered" if metrics["met"] else "NOT met"
+    return f"{word}: {numbers}; theory: {PRESETS[preset].expect} ({describe_bars(PRESETS[preset])})"
+
+
+# ----------------------------------------------------------------------------
+# The grid
+# ----------------------------------------------------------------------------
+
+GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2", "identity_mcc",
+                "supervised_r2", "supervised_mcc", "expect", "met"]
+
+
+def _grid_job(job):
+    preset, cfg, run_dir, threads = job
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.makedirs(run_dir, exist_ok=True)
+    lines = []
+    metrics = run(cfg, run_dir, preset, say=lines.append)
+    print(f"{preset} seed {cfg.seed}: {verdict(metrics, preset)}", flush=True)
+    return metrics
+
+
+def mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def grid_markdown(rows, command, wall_seconds):
+    lines = [f"Command: `{command}`; wall time {format_seconds(wall_seconds)} on this machine.", "",
+             "| preset | expect | bars | seeds met | R² | MCC | identity R² | identity MCC "
+             "| supervised R² | supervised MCC | steps | seconds/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, preset in PRESETS.items():
+        mine = [r for r in rows if r["preset"] == name]
+        if not mine:
+            continue
+        cells = [mean_std([r[key] for r in mine]) if all(key in r for r in mine) else "-"
+                 for key in ("r2", "mcc", "identity_r2", "identity_mcc", "supervised_r2", "supervised_mcc")]
+        met = sum(bool(r["met"]) for r in mine)
+        lines.append(f"| {name} | {preset.expect} | {describe_bars(preset)} | {met}/{len(mine)} | "
+                     + " | ".join(cells) + f" | {mine[0]['steps']} | "
+                     f"{np.mean([r['seconds'] for r in mine]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_grid(args, overrides, out_root, results_dir):
+    from multiprocessing import get_context
+    jobs = []
+    for name, preset in PRESETS.items():
+        for seed in range(args.seeds):
+            cfg = preset.config.replace(**overrides, seed=seed)
+            C.check_config(cfg)
+            jobs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}"),
+                         max(1, (os.cpu_count() or 1) // args.jobs)))
+    os.makedirs(results_dir, exist_ok=True)
+    start = time.time()
+    with get_context("spawn").Pool(args.jobs) as pool:
+        rows = pool.map(_grid_job, jobs, chunksize=1)
+    wall = time.time() - start
+    command = "python train.py " + " ".join(sys.argv[1:])
+    write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
+    write_text(os.path.join(results_dir, "grid.md"), grid_markdown(rows, command, wall))
+    print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
+          f"wrote {results_dir}/grid.csv and grid.md in {format_seconds(wall)}")
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+class CliError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, exit code 2
+        raise CliError(message)
+
+
+def p_value(text):
+    if text.lower() in ("dot", "none"):
+        return None
+    return float(text)
+
+
+def widths_value(text):
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}")
+
+
+# flag -> Config field, for the overrides of one run
+OVERRIDES = {"seed": "seed", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+             "lr_final": "lr_final", "warmup": "warmup", "n": "n", "tau": "tau",
+             "kappa": "kappa", "lam": "lam", "sigma": "sigma", "beta": "beta", "p": "p",
+             "head": "head", "widths": "widths", "mixing_layers": "mixing_layers",
+             "dtype": "dtype", "eval_every": "eval_every", "eval_size": "eval_size",
+             "supervised_steps": "supervised_steps", "learn_radius": "learn_radius",
+             "radius": "radius", "cond_quantile": "cond_quantile"}
+
+
+def make_parser():
+    parser = Parser(description="Contrastive learning inverts the data generating process: "
+                    "the paper's synthetic experiments on a CPU.",
+                    epilog=f"Without arguments: --preset {DEFAULT_PRESET}.")
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--preset", default=DEFAULT_PRESET, help="a preset name (see --list)")
+    what.add_argument("--list", action="store_true", help="print every preset and exit")
+    what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
+    what.add_argument("--seeds", type=int, default=3, help="--grid: seeds 0..K-1 per preset")
+    what.add_argument("--jobs", type=int, default=1, help="--grid: runs in parallel")
+    what.add_argument("--results", default="results", help="--grid: where grid.csv/grid.md go")
+    what.add_argument("--out", help="run directory (default runs/<preset>-s<seed>; "
+                      "with --grid the parent of the run directories, default runs)")
+    what.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    what.add_argument("--quiet", action="store_true", help="print only the verdict")
+    opt = parser.add_argument_group("training (override the preset)",
+                                    argument_default=argparse.SUPPRESS)
+    opt.add_argument("--seed", type=int)
+    opt.add_argument("--steps", type=int)
+    opt.add_argument("--batch-size", type=int)
+    opt.add_argument("--lr", type=float, help="peak learning rate of Adam")
+    opt.add_argument("--lr-final", type=float, help="learning rate at the end of the cosine decay")
+    opt.add_argument("--warmup", type=int, help="linear warm-up steps")
+    opt.add_argument("--dtype", help="float32 or float64")
+    opt.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints")
+    opt.add_argument("--eval-size", type=int, help="samples to fit, and as many to score, the metrics")
+    opt.add_argument("--supervised-steps", type=int, help="steps of the supervised baseline (0: skip)")
+    data = parser.add_argument_group("data (README §2-§3)", argument_default=argparse.SUPPRESS)
+    data.add_argument("--n", type=int, help="latent dimension N")
+    data.add_argument("--kappa", type=float, help="vMF concentration of the conditional")
+    data.add_argument("--lam", type=float, help="Laplace / generalised normal conditional scale")
+    data.add_argument("--sigma", type=float, help="Normal conditional standard deviation")
+    data.add_argument("--beta", type=float, help="generalised normal conditional shape")
+    data.add_argument("--mixing-layers", type=int, help="layers of the mixing MLP g")
+    data.add_argument("--cond-quantile", type=float,
+                      help="mixing matrices kept: condition number <= this quantile of 25000 draws")
+    model = parser.add_argument_group("encoder and loss (README §4-§5)",
+                                      argument_default=argparse.SUPPRESS)
+    model.add_argument("--tau", type=float, help="temperature")
+    model.add_argument("--p", type=p_value, help="'dot' for the dot product, or p >= 1 for -||a-b||_p^p")
+    model.add_argument("--head", help="sphere, box or none")
+    model.add_argument("--widths", type=widths_value, help="hidden widths, e.g. 128,128,128,128")
+    model.add_argument("--radius", type=float, help="sphere head radius")
+    model.add_argument("--learn-radius", action="store_true", help="learn the sphere head's radius")
+    return parser
+
+
+def list_presets():
+    width = max(map(len, PRESETS))
+    for name, preset in PRESETS.items():
+        mark = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<{width}}  {preset.setting}{mark}\n{'':<{width}}  expect: {preset.expect} "
+              f"[{describe_bars(preset)}]; {preset.config.steps} steps, batch "
+              f"{preset.config.batch_size}")
+
+
+def check_writable(directory):
+    """ValueError unless `directory` exists (or can be made) and accepts files;
+    makes nothing that was not there before if it fails."""
+    probe = os.path.abspath(directory)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {directory!r} is not writable")
+
+
+def main(argv=None):
+    try:
+        args = make_parser().parse_args(argv)
+        if args.list:
+            list_presets()
+            return 0
+        if args.preset not in PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()
+                     if hasattr(args, flag)}
+        if args.grid:
+            if args.seeds < 1 or args.jobs < 1:
+                raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
+            overrides.pop("seed", None)
+            out_root = args.out or "runs"
+            check_writable(out_root)
+            check_writable(args.results)
+            run_grid(args, overrides, out_root, args.results)
+            return 0
+        cfg = C.check_config(PRESETS[args.preset].config.replace(**overrides))
+        run_dir = args.out or os.path.join("runs", f"{args.preset}-s{cfg.seed}")
+        check_writable(run_dir)
+        if args.resume:
+            load_checkpoint(run_dir, cfg, C.init_encoder(cfg.n, cfg.widths, cfg.head,
+                            np.random.default_rng(0), cfg.dtype, cfg.radius, cfg.learn_radius))
+        created = not os.path.exists(run_dir)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"output directory {run_dir!r} cannot be created ({error.strerror})")
+    except (CliError, ValueError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    say(f"{args.preset}: {PRESETS[args.preset].setting}; N={cfg.n}, {cfg.steps} steps, "
+        f"batch {cfg.batch_size}, widths {list(cfg.widths)} -> {run_dir}")
+    try:
+        metrics = run(cfg, run_dir, args.preset, resume=args.resume, say=say)
+    except NonFiniteLoss as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    except BaseException:
+        if created and not os.listdir(run_dir):
+            os.rmdir(run_dir)
+        raise
+    print(verdict(metrics, args.preset))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
