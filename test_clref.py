@@ -414,3 +414,138 @@ def test_bad_arguments_to_public_functions_raise_value_error():
         C.linear_r2(h, h, z_eval=h)
     with pytest.raises(ValueError, match="square"):
         C.linear_assignment(np.ones((2, 3)))
+
+
+# ----------------------------------------------------------------------------
+# Recovery on small problems (the paper's claim, at N = 3, fixed seeds)
+# ----------------------------------------------------------------------------
+
+SMALL = C.Config(n=3, widths=(64, 64, 64), batch_size=256, steps=1000, lr=1e-3, lr_final=1e-5,
+                 warmup=50, eval_every=1000, eval_size=4096, seed=0)
+
+
+def quiet_run(cfg, **kwargs):
+    import train
+    return train.run(cfg, say=lambda line: None, **kwargs)
+
+
+def test_sphere_vmf_recovers_latents_up_to_rotation():
+    cfg = SMALL.replace(space="sphere", conditional="vmf", kappa=10.0, tau=0.1, head="sphere")
+    metrics = quiet_run(cfg)
+    assert metrics["r2"] >= 0.95, f"sphere + vMF at N=3: held-out R² {metrics['r2']:.4f} < 0.95"
+    assert metrics["r2"] > metrics["identity_r2"] + 0.05, "training did not beat the raw observations"
+
+
+def test_box_laplace_l1_recovers_latents_up_to_signed_permutation():
+    cfg = SMALL.replace(space="box", conditional="laplace", lam=0.05, head="none", p=1.0, tau=1.0)
+    metrics = quiet_run(cfg)
+    assert metrics["mcc"] >= 0.95, f"box + Laplace + L1 at N=3: MCC {metrics['mcc']:.4f} < 0.95"
+
+
+def test_box_normal_l2_recovers_latents_linearly():
+    cfg = SMALL.replace(space="box", conditional="normal", sigma=0.05, head="none", p=2.0, tau=1.0)
+    metrics = quiet_run(cfg)
+    assert metrics["r2"] >= 0.95, f"box + Normal + L2 at N=3: held-out R² {metrics['r2']:.4f} < 0.95"
+
+
+# ----------------------------------------------------------------------------
+# train.py: run directories, resume, command line
+# ----------------------------------------------------------------------------
+
+TINY = C.Config(n=3, widths=(8, 8), batch_size=32, steps=40, lr=1e-3, eval_every=10,
+                eval_size=64, supervised_steps=5, cond_pool=200, kappa=5.0, tau=0.2)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path):
+    import train
+    (tmp_path / "whole").mkdir()
+    whole = train.run(TINY, str(tmp_path / "whole"), "sphere_vmf_k10", say=lambda line: None)
+
+    def stop_at_20(line):
+        if line.startswith("step") and "20/40" in line:
+            raise Interrupt
+
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(Interrupt):
+        train.run(TINY, str(tmp_path / "cut"), "sphere_vmf_k10", say=stop_at_20)
+    resumed = train.run(TINY, str(tmp_path / "cut"), "sphere_vmf_k10", resume=True, say=lambda line: None)
+    for key in ("loss", "r2", "mcc", "supervised_r2", "identity_r2"):
+        assert resumed[key] == whole[key], f"resumed {key} {resumed[key]} != uninterrupted {whole[key]}"
+    rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "10", "20", "30", "40"], f"log.csv rows: {rows}"
+
+
+def test_run_directory_holds_config_log_metrics_and_checkpoint(tmp_path):
+    import json
+    import train
+    train.run(TINY, str(tmp_path), "sphere_vmf_k10", say=lambda line: None)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint.npz", "config.json", "log.csv", "metrics.json"], names
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("preset", "seed", "steps", "seconds", "loss", "r2", "mcc", "identity_r2",
+                "identity_mcc", "supervised_r2", "supervised_mcc"):
+        assert key in metrics, f"metrics.json lacks {key}"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert C.Config.from_dict({k: v for k, v in config.items() if k != "preset"}) == TINY
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
+    import train
+    real_step, calls = C.train_step, []
+
+    def failing_step(*args):
+        calls.append(1)
+        loss, params, state = real_step(*args)
+        return (float("nan") if len(calls) == 25 else loss), params, state
+
+    monkeypatch.setattr(C, "train_step", failing_step)
+    with pytest.raises(train.NonFiniteLoss, match="step 25"):
+        train.run(TINY, str(tmp_path), "sphere_vmf_k10", say=lambda line: None)
+    with np.load(tmp_path / "checkpoint.npz") as data:
+        assert int(data["step"]) == 20, "the checkpoint is not the last good one"
+
+
+def run_cli(args, cwd):
+    import subprocess
+    import sys
+    from pathlib import Path
+    return subprocess.run([sys.executable, str(Path(__file__).parent / "train.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--preset", "nope"], "nope"), (["--kappa", "0"], "kappa"), (["--tau", "-1"], "tau"),
+    (["--lam", "0"], "lam"), (["--sigma", "-2"], "sigma"), (["--beta", "0"], "beta"),
+    (["--lr", "0"], "lr"), (["--batch-size", "1"], "batch_size"), (["--steps", "-5"], "steps"),
+    (["--seed", "-1"], "seed"), (["--p", "0.5"], "p must"), (["--n", "1"], "n"),
+    (["--preset", "box_laplace_l1", "--conditional", "vmf"], "vmf"),
+    (["--preset", "unbounded_normal_l2", "--marginal", "uniform"], "uniform"), (["--widths", "8,x"], "widths"),
+    (["--resume"], "no checkpoint"), (["--out", "a_file/run"], "a_file"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, named):
+    (tmp_path / "a_file").write_text("x")
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2, f"{args}: exit {result.returncode}, stderr {result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], f"{args}: stderr {result.stderr!r}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], "a bad run left files behind"
+
+
+def test_cli_corrupted_checkpoint_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    result = run_cli(["--resume", "--out", str(run_dir), "--steps", "5"], tmp_path)
+    assert result.returncode == 2 and "corrupted" in result.stderr, result.stderr
+
+
+def test_cli_list_names_every_preset(tmp_path):
+    import train
+    result = run_cli(["--list"], tmp_path)
+    assert result.returncode == 0
+    for name in train.PRESETS:
+        assert name in result.stdout, f"--list misses {name}"

@@ -267,12 +267,12 @@ def train_loop(cfg, state, sets, run_dir, say):
             state["log"].append(row)
             done = state["step"] - first_step
             eta = (cfg.steps - state["step"]) * (time.time() - resumed_at) / max(done, 1)
-            say(f"step {state['step']:>6}/{cfg.steps}  loss {loss:.4f}  r2 {row['r2']:.4f}  "
-                f"mcc {row['mcc']:.4f}  elapsed {format_seconds(state['seconds'])}  "
-                f"eta {format_seconds(eta)}")
             if run_dir:
                 write_text(os.path.join(run_dir, "log.csv"), csv_text(state["log"], LOG_COLUMNS))
                 save_checkpoint(run_dir, state)
+            say(f"step {state['step']:>6}/{cfg.steps}  loss {loss:.4f}  r2 {row['r2']:.4f}  "
+                f"mcc {row['mcc']:.4f}  elapsed {format_seconds(state['seconds'])}  "
+                f"eta {format_seconds(eta)}")
     return state
 
 
@@ -431,7 +431,8 @@ def widths_value(text):
 
 
 # flag -> Config field, for the overrides of one run
-OVERRIDES = {"seed": "seed", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+OVERRIDES = {"space": "space", "marginal": "marginal", "marginal_scale": "marginal_scale",
+             "conditional": "conditional", "seed": "seed", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
              "lr_final": "lr_final", "warmup": "warmup", "n": "n", "tau": "tau",
              "kappa": "kappa", "lam": "lam", "sigma": "sigma", "beta": "beta", "p": "p",
              "head": "head", "widths": "widths", "mixing_layers": "mixing_layers",
@@ -468,6 +469,10 @@ def make_parser():
     opt.add_argument("--eval-size", type=int, help="samples to fit, and as many to score, the metrics")
     opt.add_argument("--supervised-steps", type=int, help="steps of the supervised baseline (0: skip)")
     data = parser.add_argument_group("data (README §2-§3)", argument_default=argparse.SUPPRESS)
+    data.add_argument("--space", help="sphere, box or unbounded")
+    data.add_argument("--marginal", help="p(z): uniform, normal, laplace or gennorm")
+    data.add_argument("--marginal-scale", type=float, help="scale m of a non-uniform marginal")
+    data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace or gennorm")
     data.add_argument("--n", type=int, help="latent dimension N")
     data.add_argument("--kappa", type=float, help="vMF concentration of the conditional")
     data.add_argument("--lam", type=float, help="Laplace / generalised normal conditional scale")
