@@ -1,8 +1,10 @@
 """Tests: each states one claim of the paper or one property of the code, and
 compares against something independent (finite differences, brute force, a
 double loop, a closed form)."""
+import csv
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -549,3 +551,41 @@ def test_cli_list_names_every_preset(tmp_path):
     assert result.returncode == 0
     for name in train.PRESETS:
         assert name in result.stdout, f"--list misses {name}"
+
+
+# ----------------------------------------------------------------------------
+# Figures and the grid, end to end on tiny runs
+# ----------------------------------------------------------------------------
+
+def assert_png(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
+    assert len(data) > 5000, f"{path} is nearly empty ({len(data)} bytes)"
+
+
+def test_run_figures_are_drawn(tmp_path):
+    import plots
+    import train
+    train.run(TINY.replace(steps=30), str(tmp_path), "sphere_vmf_k10", say=lambda line: None)
+    paths = plots.plot_run(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in paths) == ["correlations.png", "curves.png", "latents.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_grid_writes_csv_markdown_and_figure(tmp_path):
+    import train
+    code = train.main(["--grid", "--seeds", "2", "--jobs", "2", "--n", "3", "--steps", "4",
+                       "--eval-every", "2", "--eval-size", "64", "--supervised-steps", "2",
+                       "--widths", "8,8", "--batch-size", "16", "--out", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "results"), "--no-plots"])
+    assert code == 0
+    with open(tmp_path / "results" / "grid.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * len(train.PRESETS), f"grid.csv has {len(rows)} rows"
+    for column in train.GRID_COLUMNS:
+        assert column in rows[0], f"grid.csv lacks the column {column}"
+    table = (tmp_path / "results" / "grid.md").read_text()
+    for name in train.PRESETS:
+        assert f"| {name} |" in table, f"grid.md misses {name}"
+    assert_png(tmp_path / "results" / "grid.png")

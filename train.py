@@ -350,11 +350,12 @@ GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2"
 
 
 def _grid_job(job):
-    preset, cfg, run_dir, threads = job
-    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    preset, cfg, run_dir, draw = job
     os.makedirs(run_dir, exist_ok=True)
-    lines = []
-    metrics = run(cfg, run_dir, preset, say=lines.append)
+    metrics = run(cfg, run_dir, preset, say=lambda line: None)
+    if draw:
+        import plots
+        plots.plot_run(run_dir)
     print(f"{preset} seed {cfg.seed}: {verdict(metrics, preset)}", flush=True)
     return metrics
 
@@ -389,16 +390,28 @@ def run_grid(args, overrides, out_root, results_dir):
         for seed in range(args.seeds):
             cfg = preset.config.replace(**overrides, seed=seed)
             C.check_config(cfg)
-            jobs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}"),
-                         max(1, (os.cpu_count() or 1) // args.jobs)))
+            jobs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}"), not args.no_plots))
     os.makedirs(results_dir, exist_ok=True)
     start = time.time()
-    with get_context("spawn").Pool(args.jobs) as pool:
-        rows = pool.map(_grid_job, jobs, chunksize=1)
+    # the workers start fresh interpreters: share the cores among them
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    try:
+        with get_context("spawn").Pool(args.jobs) as pool:
+            rows = pool.map(_grid_job, jobs, chunksize=1)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     wall = time.time() - start
     command = "python train.py " + " ".join(sys.argv[1:])
     write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
     write_text(os.path.join(results_dir, "grid.md"), grid_markdown(rows, command, wall))
+    import plots
+    plots.plot_grid(results_dir)
     print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
           f"wrote {results_dir}/grid.csv and grid.md in {format_seconds(wall)}")
     return rows
@@ -456,6 +469,7 @@ def make_parser():
                       "with --grid the parent of the run directories, default runs)")
     what.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     what.add_argument("--quiet", action="store_true", help="print only the verdict")
+    what.add_argument("--no-plots", action="store_true", help="do not draw each run's figures at its end")
     opt = parser.add_argument_group("training (override the preset)",
                                     argument_default=argparse.SUPPRESS)
     opt.add_argument("--seed", type=int)
@@ -556,6 +570,10 @@ def main(argv=None):
         if created and not os.listdir(run_dir):
             os.rmdir(run_dir)
         raise
+    if not args.no_plots:
+        import plots
+        for path in plots.plot_run(run_dir):
+            say(f"figure: {path}")
     print(verdict(metrics, args.preset))
     return 0
 
