@@ -589,3 +589,105 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
     for name in train.PRESETS:
         assert f"| {name} |" in table, f"grid.md misses {name}"
     assert_png(tmp_path / "results" / "grid.png")
+
+
+# ----------------------------------------------------------------------------
+# Conformance vectors (conformance/)
+# ----------------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VECTORS = os.path.join(HERE, "conformance", "vectors.json")
+
+
+def load_conformance_module(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "conformance", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def clref_outputs(case):
+    """clref's answer to one conformance case, keyed like case["expected"]."""
+    from autograd import grad
+    fn, args = case["function"], case["args"]
+    a = {k: (np.array(v) if isinstance(v, list) else v) for k, v in args.items()}
+    if fn == "infonce":
+        h, h_tilde, tau, p = a["h"], a["h_tilde"], a["tau"], a["p"]
+        return {"value": C.infonce(h, h_tilde, tau, p), "grad_h": grad(C.infonce, 0)(h, h_tilde, tau, p),
+                "grad_h_tilde": grad(C.infonce, 1)(h, h_tilde, tau, p)}
+    if fn in ("alignment", "uniformity"):
+        return {"value": getattr(C, fn)(a["h"], a["h_tilde"], a["tau"], a["p"])}
+    if fn == "linear_r2":
+        return {"value": C.linear_r2(a["z"], a["h"], a.get("z_eval"), a.get("h_eval"))}
+    if fn == "mcc":
+        return {"value": C.mcc(a["z"], a["h"])}
+    if fn == "linear_assignment":
+        match = C.linear_assignment(a["cost"])
+        return {"assignment": match, "cost": a["cost"][np.arange(len(match)), match].sum()}
+    if fn in ("mix", "unmix"):
+        mixing = [np.array(w) for w in args["mixing"]]
+        return {"value": getattr(C, fn)(mixing, a["z"] if fn == "mix" else a["x"])}
+    if fn == "encode":
+        params = {"layers": [(np.array(l["W"]), np.array(l["b"])) for l in args["params"]["layers"]]}
+        params.update({k: np.array(v) for k, v in args["params"].items() if k != "layers"})
+        return {"value": C.encode(params, a["x"], a["head"])}
+    g = rng(31)
+    if fn == "sample_vmf":
+        mu = C.sample_uniform_sphere(args["draws"], args["n"], g)
+        return {"mean_cosine": np.mean(np.sum(mu * C.sample_vmf(mu, args["kappa"], g), axis=1))}
+    if fn == "sample_gennorm":
+        u = C.sample_gennorm(args["draws"], args["beta"], args["lam"], g)
+        return {"mean": u.mean(), "variance": np.mean(u ** 2), "fourth_moment": None}
+    if fn == "sample_conditional":
+        cfg = C.Config(space="box", n=args["n"], conditional=args["conditional"], sigma=args["sigma"],
+                       lam=args["lam"], beta=args["beta"], head="none", p=1)
+        z, z_tilde = C.sample_pairs(cfg, args["draws"], g)
+        return {"min_at_least": z_tilde.min(), "max_at_most": z_tilde.max()}
+    raise AssertionError(f"unknown conformance function {fn}")
+
+
+def test_clref_reproduces_the_conformance_vectors():
+    import json
+    with open(VECTORS) as f:
+        cases = json.load(f)["cases"]
+    assert len(cases) >= 50
+    for k, case in enumerate(cases):
+        got, want, tol = clref_outputs(case), case["expected"], case["tolerance"]
+        where = f"case {k} ({case['function']} {case.get('note', '')})"
+        if case["function"].startswith("sample_"):
+            for key, value in want.items():
+                if key == "min_at_least":
+                    assert got[key] >= value, where
+                elif key == "max_at_most":
+                    assert got[key] <= value, where
+                elif f"abs_{key}" in tol:
+                    assert abs(got[key] - value) <= tol[f"abs_{key}"], f"{where}: {key} {got[key]} vs {value}"
+            continue
+        for key, value in want.items():
+            if key == "assignment":
+                continue  # ties allow other optimal assignments; the cost is compared
+            assert np.allclose(got[key], np.array(value), rtol=tol["rel"], atol=tol["abs"]), (
+                f"{where}: {key} differs from the vectors")
+
+
+def test_conformance_vectors_are_up_to_date_and_deterministic():
+    """The generator gives the same file twice, with exactly the stored inputs (the
+    expected outputs are compared to 1e-12 above: BLAS may differ in the last bit)."""
+    import json
+    generate = load_conformance_module("generate")
+    first, second = json.dumps(generate.build()), json.dumps(generate.build())
+    assert first == second, "conformance/generate.py is not deterministic"
+    with open(VECTORS) as f:
+        stored = json.load(f)
+    built = json.loads(first)
+    assert [(c["function"], c["args"]) for c in built["cases"]] == \
+        [(c["function"], c["args"]) for c in stored["cases"]], (
+        "conformance/vectors.json is out of date; run python conformance/generate.py")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_independent_numpy_port_passes_the_vectors(capsys, dtype):
+    """A second implementation (hand-written gradients, brute-force MCC) reading only
+    the JSON agrees with clref, in float64 and within the float32 tolerances."""
+    assert load_conformance_module("check_numpy").main(VECTORS, dtype) == 0, capsys.readouterr().out

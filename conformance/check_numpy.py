@@ -1,0 +1,96 @@
+"""An independent port of infonce (with gradients), linear_r2 and mcc in plain
+NumPy, checked against vectors.json. It reads only the JSON file, not clref:
+copy the pattern to check a port in another framework.
+
+python conformance/check_numpy.py [path/to/vectors.json] [--float32]
+
+With --float32 the inputs are rounded to float32, computed in float32 and compared
+with the float32 tolerances of PORTING.md.
+"""
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def similarity(h, h_tilde, tau, p):
+    """S[i, j] = s(h_j, h_tilde_i) / tau; s = dot product or -||a - b||_p^p."""
+    if p is None:
+        return h_tilde @ h.T / tau
+    return -np.sum(np.abs(h_tilde[:, None, :] - h[None, :, :]) ** p, axis=2) / tau
+
+
+def infonce_with_grads(h, h_tilde, tau, p):
+    """Mean over rows of -S[i, i] + logsumexp_j S[i, j], and its gradients by hand."""
+    s = similarity(h, h_tilde, tau, p)
+    top = s.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
+    b = len(h)
+    value = np.mean(lse - np.diag(s))
+    g = (np.exp(s - lse[:, None]) - np.eye(b)) / b          # dLoss/dS
+    if p is None:
+        return value, g.T @ h_tilde / tau, g @ h / tau
+    d = h_tilde[:, None, :] - h[None, :, :]                  # d[i, j, k]
+    ds = p * np.abs(d) ** (p - 1) * np.sign(d) / tau          # dS[i, j]/dh[j, k] (sign flips for h_tilde)
+    return value, np.einsum("ij,ijk->jk", g, ds), -np.einsum("ij,ijk->ik", g, ds)
+
+
+def linear_r2(z, h, z_eval=None, h_eval=None):
+    if z_eval is None:
+        z_eval, h_eval = z, h
+    coef = np.linalg.lstsq(np.c_[h, np.ones(len(h))], z, rcond=None)[0]
+    pred = np.c_[h_eval, np.ones(len(h_eval))] @ coef
+    return np.mean(1 - ((z_eval - pred) ** 2).sum(0) / ((z_eval - z_eval.mean(0)) ** 2).sum(0))
+
+
+def mcc(z, h):
+    n = z.shape[1]
+    rho = np.abs(np.corrcoef(z.T, h.T)[:n, n:])
+    return max(np.mean(rho[np.arange(n), list(perm)]) for perm in itertools.permutations(range(n)))
+
+
+def close(got, want, tol):
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    return got.shape == want.shape and np.allclose(got, want, rtol=tol["rel"], atol=tol["abs"])
+
+
+FLOAT32_TOLERANCE = {"infonce": {"rel": 1e-4, "abs": 1e-5},
+                     "linear_r2": {"rel": 0.0, "abs": 1e-4}, "mcc": {"rel": 0.0, "abs": 1e-4}}
+
+
+def check(case, dtype=np.float64):
+    fn, args, want, tol = case["function"], case["args"], case["expected"], case["tolerance"]
+    if dtype == np.float32:
+        tol = FLOAT32_TOLERANCE.get(fn, tol)
+    a = {k: (np.array(v, dtype=dtype) if isinstance(v, list) else v) for k, v in args.items()}
+    if fn == "infonce":
+        tau = dtype(a["tau"])
+        value, grad_h, grad_h_tilde = infonce_with_grads(a["h"], a["h_tilde"], tau, a["p"])
+        return (close(value, want["value"], tol) and close(grad_h, want["grad_h"], tol)
+                and close(grad_h_tilde, want["grad_h_tilde"], tol))
+    if fn == "linear_r2":
+        return close(linear_r2(a["z"], a["h"], a.get("z_eval"), a.get("h_eval")), want["value"], tol)
+    if fn == "mcc":
+        return close(mcc(a["z"], a["h"]), want["value"], tol)
+    return None  # not ported here
+
+
+def main(path, dtype=np.float64):
+    with open(path) as f:
+        cases = json.load(f)["cases"]
+    results = [(case, check(case, dtype)) for case in cases]
+    checked = [(c, ok) for c, ok in results if ok is not None]
+    failed = [c for c, ok in checked if not ok]
+    for case in failed:
+        print(f"FAIL {case['function']} {case.get('note', '')} args {sorted(case['args'])}")
+    print(f"{len(checked) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [a for a in sys.argv[1:] if a != "--float32"]
+    sys.exit(main(paths[0] if paths else os.path.join(here, "vectors.json"),
+                  np.float32 if "--float32" in sys.argv else np.float64))
