@@ -20,6 +20,24 @@ import numpy as np
 
 import clref as C
 
+
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks up to 32 MB in the heap instead of returning
+    them to the OS. Every step allocates the same few-megabyte arrays; returned to
+    the OS, each one page-faults again when reused, which costs more than the
+    leaky ReLUs and bias additions themselves (README "Speed"). A no-op elsewhere."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+                and libc.mallopt(m_trim_threshold, 512 * 1024 * 1024))
+
+
+keep_freed_memory()
+
 # ----------------------------------------------------------------------------
 # Presets: the rows of the experiment grid (README "The experiment grid")
 # ----------------------------------------------------------------------------
@@ -418,6 +436,88 @@ def run_grid(args, overrides, out_root, results_dir):
 
 
 # ----------------------------------------------------------------------------
+# Benchmark of the training step (README "Speed")
+# ----------------------------------------------------------------------------
+
+REFERENCE_WIDTHS = (100, 500, 500, 500, 500, 100)
+
+
+def encoder_gemm_shapes(n, widths, rows):
+    """(m, k, n) of every matrix product in one forward and backward pass of the
+    encoder over `rows` inputs (the input layer needs no gradient for x)."""
+    sizes = [n, *widths, n]
+    shapes = []
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes.append((rows, fan_in, fan_out))          # forward h @ W
+        shapes.append((fan_in, rows, fan_out))          # gradient of W: hᵀ g
+        if layer > 0:
+            shapes.append((rows, fan_out, fan_in))      # gradient of h: g Wᵀ
+    return shapes
+
+
+def gemm_rate(shapes, dtype, repeats=5):
+    """numpy's measured matrix-product rate on these shapes, in GFLOP/s (median)."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
+             for m, k, n in shapes]
+    flop = sum(2 * m * k * n for m, k, n in shapes)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for a, b in pairs:
+            a @ b
+        times.append(time.perf_counter() - start)
+    return flop / np.median(times[1:]) / 1e9
+
+
+def bench_step(loss, dtype, batch_size, includes_sampling, steps=20, warmup=3):
+    """Median milliseconds of one training step of the reference encoder at N = 10."""
+    base = dict(n=10, widths=REFERENCE_WIDTHS, batch_size=batch_size, dtype=dtype, tau=1.0,
+                cond_pool=1000, lr=1e-4)
+    if loss == "dot":
+        cfg = C.Config(**base, space="sphere", conditional="vmf", head="sphere", p=None)
+    else:
+        cfg = C.Config(**base, space="box", conditional="laplace", head="none", p=1.0)
+    rng = np.random.default_rng(0)
+    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
+    params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
+    adam = C.adam_init(params)
+    fixed = contrastive_batch(cfg, mixing, rng)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        batch = contrastive_batch(cfg, mixing, rng) if includes_sampling else fixed
+        _, params, adam = C.train_step(C.contrastive_objective, params, adam, batch, cfg, cfg.lr)
+        times.append(time.perf_counter() - start)
+    step_seconds = float(np.median(times[warmup:]))
+    shapes = encoder_gemm_shapes(cfg.n, cfg.widths, 2 * batch_size)
+    if loss == "dot":  # S = h_tilde hᵀ and its two gradient products
+        shapes += [(batch_size, cfg.n, batch_size), (batch_size, batch_size, cfg.n),
+                   (batch_size, batch_size, cfg.n)]
+    flop = sum(2 * m * k * n for m, k, n in shapes)
+    gemm = gemm_rate(shapes, dtype)
+    return {"loss": loss, "dtype": dtype, "batch_size": batch_size,
+            "includes_sampling": includes_sampling, "step_ms": round(1000 * step_seconds, 2),
+            "gflop": round(flop / 1e9, 3), "gflops": round(flop / step_seconds / 1e9, 1),
+            "gemm_gflops": round(gemm, 1), "efficiency": round(flop / step_seconds / 1e9 / gemm, 3),
+            "widths": list(cfg.widths), "steps_timed": steps}
+
+
+def run_bench(say=print):
+    """One JSON line per setting of the step benchmark; gflop counts matrix
+    products only (the L1 loss's pairwise differences are not products)."""
+    rows = []
+    for batch_size in (1024, 256):
+        for loss in ("dot", "l1"):
+            for dtype in ("float32", "float64"):
+                for includes_sampling in (False, True):
+                    row = bench_step(loss, dtype, batch_size, includes_sampling)
+                    say(json.dumps(row))
+                    rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
 
@@ -461,6 +561,8 @@ def make_parser():
     what = parser.add_argument_group("what to run")
     what.add_argument("--preset", default=DEFAULT_PRESET, help="a preset name (see --list)")
     what.add_argument("--list", action="store_true", help="print every preset and exit")
+    what.add_argument("--bench", action="store_true",
+                      help="time the training step of the reference encoder; JSON lines")
     what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
     what.add_argument("--seeds", type=int, default=3, help="--grid: seeds 0..K-1 per preset")
     what.add_argument("--jobs", type=int, default=1, help="--grid: runs in parallel")
@@ -530,6 +632,9 @@ def main(argv=None):
         args = make_parser().parse_args(argv)
         if args.list:
             list_presets()
+            return 0
+        if args.bench:
+            run_bench()
             return 0
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
