@@ -283,7 +283,11 @@ def leaky_relu(u, slope):
 
 
 def _leaky_relu_derivative(u, slope):
-    return (u > 0).astype(u.dtype) * (1 - slope) + slope
+    """1 where u > 0, slope elsewhere, as an array of u's dtype."""
+    d = (u > 0).astype(u.dtype)
+    d *= 1 - slope
+    d += slope
+    return d
 
 
 defvjp(leaky_relu, lambda ans, u, slope: lambda g: g * _leaky_relu_derivative(u, slope))
@@ -361,13 +365,14 @@ def dense_leaky_relu(h, w, b, slope):
     the output, forward and backward (README "Speed")."""
     u = h @ w
     u += b
-    return leaky_relu(u, slope)
+    return np.maximum(u, slope * u, out=u)   # leaky ReLU in place on the fresh product
 
 
 def _dense_leaky_relu_vjp(argnums, ans, args, kwargs):
     h, w, b, slope = args
     def vjp(g):
-        g_u = g * _leaky_relu_derivative(ans, slope)  # ans > 0 exactly where u > 0
+        g_u = _leaky_relu_derivative(ans, slope)      # ans > 0 exactly where u > 0
+        g_u *= g
         grads = {0: lambda: g_u @ w.T, 1: lambda: h.T @ g_u, 2: lambda: g_u.sum(axis=0)}
         return [grads[k]() for k in argnums]
     return vjp
@@ -432,22 +437,25 @@ def pairwise_lp(a, b, p):
     return out
 
 
-def _pairwise_lp_vjp(argnum, ans, a, b, p):
-    """d/d a_ik of Σ_k |a_ik - b_jk|^p is p |d|^(p-1) sign(d), d = a_ik - b_jk;
-    the gradient for b is the same with the opposite sign."""
+def _pairwise_lp_vjp(argnums, ans, args, kwargs):
+    """d/d a_ik of |a_ik - b_jk|^p is p |d|^(p-1) sign(d) with d = a_ik - b_jk; the
+    gradient for b is the same with the opposite sign. Both come from one pass."""
+    a, b, p = args
+
     def vjp(g):
-        columns = []
+        grad_a, grad_b = [], []
         for k in range(a.shape[1]):
             d = a[:, k, None] - b[None, :, k]
             slope = np.sign(d) if p == 1 else p * np.abs(d) ** (p - 1) * np.sign(d)
             slope *= g
-            columns.append(slope.sum(axis=1) if argnum == 0 else -slope.sum(axis=0))
-        return np.stack(columns, axis=1)
+            grad_a.append(slope.sum(axis=1))
+            grad_b.append(-slope.sum(axis=0))
+        grads = {0: grad_a, 1: grad_b}
+        return [np.stack(grads[argnum], axis=1) for argnum in argnums]
     return vjp
 
 
-defvjp(pairwise_lp, lambda ans, a, b, p: _pairwise_lp_vjp(0, ans, a, b, p),
-       lambda ans, a, b, p: _pairwise_lp_vjp(1, ans, a, b, p))
+defvjp_argnums(pairwise_lp, _pairwise_lp_vjp)
 
 
 def _check_tau(tau):
@@ -657,17 +665,23 @@ def adam_init(params):
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step (Kingma & Ba 2015) with bias correction; returns new
-    (params, state) and leaves the inputs untouched."""
+    (params, state). `params` is left untouched; the moment buffers of `state`
+    are updated in place (they belong to the optimiser)."""
     flat, unflatten = flatten(params)          # a fresh copy of the parameters
-    g, _ = flatten(grads)
+    g, _ = flatten(grads)                      # a fresh copy of the gradients
     t = state["t"] + 1
-    m = b1 * state["m"] + (1 - b1) * g
+    m, v = state["m"], state["v"]              # the moments are updated in place
+    m *= b1
+    m += (1 - b1) * g
     g *= g
-    v = b2 * state["v"] + (1 - b2) * g
+    v *= b2
+    v += (1 - b2) * g
     step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
     denominator = np.sqrt(v)
     denominator += eps
-    flat -= step * m / denominator
+    np.divide(m, denominator, out=denominator)
+    denominator *= step
+    flat -= denominator
     return unflatten(flat), {"m": m, "v": v, "t": t}
 
 

@@ -455,23 +455,23 @@ def encoder_gemm_shapes(n, widths, rows):
     return shapes
 
 
-def gemm_rate(shapes, dtype, repeats=5):
-    """numpy's measured matrix-product rate on these shapes, in GFLOP/s (median)."""
+def gemm_operands(shapes, dtype):
     rng = np.random.default_rng(0)
-    pairs = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
-             for m, k, n in shapes]
-    flop = sum(2 * m * k * n for m, k, n in shapes)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        for a, b in pairs:
-            a @ b
-        times.append(time.perf_counter() - start)
-    return flop / np.median(times[1:]) / 1e9
+    return [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
+            for m, k, n in shapes]
+
+
+def time_gemms(operands):
+    start = time.perf_counter()
+    for a, b in operands:
+        a @ b
+    return time.perf_counter() - start
 
 
 def bench_step(loss, dtype, batch_size, includes_sampling, steps=20, warmup=3):
-    """Median milliseconds of one training step of the reference encoder at N = 10."""
+    """Median milliseconds of one training step of the reference encoder at N = 10,
+    and numpy's rate on the same matrix products, timed between the steps so that
+    both see the same machine load."""
     base = dict(n=10, widths=REFERENCE_WIDTHS, batch_size=batch_size, dtype=dtype, tau=1.0,
                 cond_pool=1000, lr=1e-4)
     if loss == "dot":
@@ -483,23 +483,26 @@ def bench_step(loss, dtype, batch_size, includes_sampling, steps=20, warmup=3):
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
     adam = C.adam_init(params)
     fixed = contrastive_batch(cfg, mixing, rng)
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        batch = contrastive_batch(cfg, mixing, rng) if includes_sampling else fixed
-        _, params, adam = C.train_step(C.contrastive_objective, params, adam, batch, cfg, cfg.lr)
-        times.append(time.perf_counter() - start)
-    step_seconds = float(np.median(times[warmup:]))
     shapes = encoder_gemm_shapes(cfg.n, cfg.widths, 2 * batch_size)
     if loss == "dot":  # S = h_tilde hᵀ and its two gradient products
         shapes += [(batch_size, cfg.n, batch_size), (batch_size, batch_size, cfg.n),
                    (batch_size, batch_size, cfg.n)]
-    flop = sum(2 * m * k * n for m, k, n in shapes)
-    gemm = gemm_rate(shapes, dtype)
+    operands = gemm_operands(shapes, dtype)
+    step_times, gemm_times = [], []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        batch = contrastive_batch(cfg, mixing, rng) if includes_sampling else fixed
+        _, params, adam = C.train_step(C.contrastive_objective, params, adam, batch, cfg, cfg.lr)
+        step_times.append(time.perf_counter() - start)
+        gemm_times.append(time_gemms(operands))
+    step_seconds = float(np.median(step_times[warmup:]))
+    gemm_seconds = float(np.median(gemm_times[warmup:]))
+    gflop = sum(2 * m * k * n for m, k, n in shapes) / 1e9
     return {"loss": loss, "dtype": dtype, "batch_size": batch_size,
             "includes_sampling": includes_sampling, "step_ms": round(1000 * step_seconds, 2),
-            "gflop": round(flop / 1e9, 3), "gflops": round(flop / step_seconds / 1e9, 1),
-            "gemm_gflops": round(gemm, 1), "efficiency": round(flop / step_seconds / 1e9 / gemm, 3),
+            "gflop": round(gflop, 3), "gflops": round(gflop / step_seconds, 1),
+            "gemm_gflops": round(gflop / gemm_seconds, 1),
+            "efficiency": round(gemm_seconds / step_seconds, 3),
             "widths": list(cfg.widths), "steps_timed": steps}
 
 
