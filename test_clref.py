@@ -589,6 +589,13 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
     for name in train.PRESETS:
         assert f"| {name} |" in table, f"grid.md misses {name}"
     assert_png(tmp_path / "results" / "grid.png")
+    before = (tmp_path / "results" / "grid.csv").read_text()
+    code = train.main(["--grid", "--seeds", "2", "--jobs", "1", "--n", "3", "--steps", "4",
+                       "--eval-every", "2", "--eval-size", "64", "--supervised-steps", "2",
+                       "--widths", "8,8", "--batch-size", "16", "--out", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "results"), "--no-plots", "--resume"])
+    after = (tmp_path / "results" / "grid.csv").read_text()
+    assert code == 0 and after == before, "--grid --resume did not reuse the finished runs"
 
 
 # ----------------------------------------------------------------------------
