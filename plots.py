@@ -151,8 +151,8 @@ def plot_grid(results_dir):
     std over seeds) and a marker at each bar the preset must reach or stay under."""
     rows = read_grid(results_dir)
     names = [name for name in train.PRESETS if any(r["preset"] == name for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(names) + 2.2), sharey=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(names) + 2.6), sharey=True,
+                             layout="constrained")
     kinds = [("identity", "identity_", "tab:gray"), ("supervised", "supervised_", "tab:green"),
              ("contrastive", "", "tab:blue")]
     y = np.arange(len(names))
@@ -177,9 +177,12 @@ def plot_grid(results_dir):
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(names, fontsize=8)
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9)
     seeds = len({r["seed"] for r in rows})
-    fig.suptitle(f"synthetic grid, N={train.CPU.n}, mean ± std over {seeds} seed(s)", fontsize=10)
+    dims = sorted({r.get("n") or "?" for r in rows})
+    fig.suptitle(f"synthetic grid, N={'/'.join(dims)}, held-out scores, mean ± std over "
+                 f"{seeds} seed(s)", fontsize=10)
     return save(fig, os.path.join(results_dir, "grid.png"))
 
 

@@ -410,8 +410,12 @@ def test_bad_arguments_to_public_functions_raise_value_error():
         C.infonce(h, h, -1.0)
     with pytest.raises(ValueError, match="shapes"):
         C.linear_r2(h, h[:4])
+    bad = h.copy()
+    bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        C.mcc(h, np.where(h > 1, np.nan, h) if np.any(h > 1) else h * np.nan)
+        C.mcc(h, bad)
+    with pytest.raises(ValueError, match="non-finite"):
+        C.linear_r2(np.where(h > 0, np.inf, h), h)
     with pytest.raises(ValueError, match="z_eval"):
         C.linear_r2(h, h, z_eval=h)
     with pytest.raises(ValueError, match="square"):
