@@ -600,6 +600,14 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
                        "--results", str(tmp_path / "results"), "--no-plots", "--resume"])
     after = (tmp_path / "results" / "grid.csv").read_text()
     assert code == 0 and after == before, "--grid --resume did not reuse the finished runs"
+    code = train.main(["--grid", "--seeds", "1", "--jobs", "1", "--n", "3", "--steps", "6",
+                       "--eval-every", "2", "--eval-size", "64", "--supervised-steps", "0",
+                       "--widths", "8,8", "--batch-size", "16", "--out", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "results"), "--no-plots", "--resume"])
+    with open(tmp_path / "results" / "grid.csv") as f:
+        rerun = list(csv.DictReader(f))
+    assert code == 0 and {r["steps"] for r in rerun} == {"6"}, (
+        "--grid --resume did not start runs whose configuration changed afresh")
 
 
 # ----------------------------------------------------------------------------

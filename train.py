@@ -374,33 +374,42 @@ GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2"
                 "supervised_steps"]
 
 
-def finished_metrics(run_dir, cfg):
-    """metrics.json of a finished run of exactly this configuration, else None."""
+def same_config(run_dir, cfg):
+    """True when run_dir/config.json holds exactly this configuration."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    saved.pop("preset", None)
+    return saved == cfg.to_dict()
+
+
+def finished_metrics(run_dir, cfg):
+    """metrics.json of a finished run of exactly this configuration, else None."""
+    try:
         with open(os.path.join(run_dir, "metrics.json")) as f:
             metrics = json.load(f)
     except (OSError, ValueError):
         return None
-    saved.pop("preset", None)
-    if saved != cfg.to_dict():
+    if not same_config(run_dir, cfg):
         return None
     return {"n": cfg.n, "batch_size": cfg.batch_size, "supervised_steps": cfg.supervised_steps,
             **metrics, "reused": True}
 
 
 def _grid_job(job):
-    """One run of the grid. With resume, a finished run is read back and an
-    interrupted one continues from its checkpoint. A run whose loss became
-    non-finite is reported as not met instead of stopping the grid."""
+    """One run of the grid. With resume, a finished run of the same configuration
+    is read back and an interrupted one continues from its checkpoint; a run
+    directory written for another configuration is started afresh. A run whose
+    loss became non-finite is reported as not met instead of stopping the grid."""
     preset, cfg, run_dir, draw, resume = job
     done = finished_metrics(run_dir, cfg) if resume else None
     if done is not None:
         print(f"{preset} seed {cfg.seed}: already finished", flush=True)
         return done
     os.makedirs(run_dir, exist_ok=True)
-    can_resume = resume and os.path.exists(os.path.join(run_dir, CHECKPOINT))
+    can_resume = resume and same_config(run_dir, cfg) and os.path.exists(os.path.join(run_dir, CHECKPOINT))
     try:
         metrics = run(cfg, run_dir, preset, resume=can_resume, say=lambda line: None)
     except NonFiniteLoss as error:
