@@ -423,7 +423,7 @@ def similarity_matrix(h, h_tilde, tau, p=None):
 @primitive
 def pairwise_lp(a, b, p):
     """(B, D), (C, D) -> (B, C): Σ_k |a_ik - b_jk|^p, the p-th power of the Lp
-    distance. An autograd primitive that loops over the D coordinates (never over
+    distance (README §5). An autograd primitive that loops over the D coordinates (never over
     the batch) so no (B, C, D) tensor is held, forward or backward."""
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.result_type(a, b))
     for k in range(a.shape[1]):
@@ -542,6 +542,25 @@ def _check_pair(name_a, a, name_b, b):
     return a, b
 
 
+def affine_fit(inputs, targets):
+    """Least-squares coefficients C, (D + 1, N), of targets ≈ [inputs, 1] C (README §6)."""
+    design = np.hstack([inputs, np.ones((len(inputs), 1))])
+    coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
+    return coef
+
+
+def affine_predict(coef, inputs):
+    """[inputs, 1] C: the prediction of an affine map fitted by `affine_fit`."""
+    return np.hstack([inputs, np.ones((len(inputs), 1))]) @ coef
+
+
+def r2_per_dimension(z, prediction):
+    """(B, N), (B, N) -> (N,): 1 - SSE/SST per latent dimension, SST around z's mean."""
+    sse = np.sum((z - prediction) ** 2, axis=0)
+    sst = np.sum((z - z.mean(axis=0)) ** 2, axis=0)
+    return 1.0 - sse / sst
+
+
 def linear_r2(z, h, z_eval=None, h_eval=None):
     """Mean over latent dimensions of R² = 1 - SSE/SST of the affine least-squares
     map h -> z fitted on (z, h), scored on (z_eval, h_eval) if given, else in-sample."""
@@ -555,12 +574,8 @@ def linear_r2(z, h, z_eval=None, h_eval=None):
         if z_eval.shape[1] != z.shape[1] or h_eval.shape[1] != h.shape[1]:
             raise ValueError(f"z_eval/h_eval have {z_eval.shape[1]}/{h_eval.shape[1]} columns, "
                              f"z/h have {z.shape[1]}/{h.shape[1]}")
-    design = np.hstack([h, np.ones((len(h), 1))])
-    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
-    prediction = np.hstack([h_eval, np.ones((len(h_eval), 1))]) @ coef
-    sse = np.sum((z_eval - prediction) ** 2, axis=0)
-    sst = np.sum((z_eval - z_eval.mean(axis=0)) ** 2, axis=0)
-    return float(np.mean(1.0 - sse / sst))
+    prediction = affine_predict(affine_fit(h, z), h_eval)
+    return float(np.mean(r2_per_dimension(z_eval, prediction)))
 
 
 def correlation_matrix(z, h):
@@ -628,9 +643,7 @@ def orthogonality_gap(z, h):
     over the singular values s of A: the distance of A, scaled to unit RMS singular
     value, from its nearest orthogonal matrix, per dimension. 0 iff A ∝ orthogonal."""
     z, h = _check_pair("z", z, "h", h)
-    design = np.hstack([z, np.ones((len(z), 1))])
-    coef, *_ = np.linalg.lstsq(design, h, rcond=None)
-    s = np.linalg.svd(coef[:-1], compute_uv=False)
+    s = np.linalg.svd(affine_fit(z, h)[:-1], compute_uv=False)
     s = s / np.sqrt(np.mean(s ** 2))
     return float(np.sqrt(np.mean((s - 1.0) ** 2)))
 

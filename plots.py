@@ -5,7 +5,6 @@ python plots.py --grid results/  # grid.png from results/grid.csv
 """
 import argparse
 import csv
-import json
 import os
 import sys
 
@@ -45,13 +44,8 @@ def read_log(run_dir):
 
 def load_run(run_dir):
     """(preset, cfg, state, sets) of a finished or interrupted run."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    preset = saved.pop("preset")
-    cfg = C.Config.from_dict(saved)
-    template = C.init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype,
-                              cfg.radius, cfg.learn_radius)
-    state = train.load_checkpoint(run_dir, cfg, template)
+    preset, cfg = train.read_run_config(run_dir)
+    state = train.load_checkpoint(run_dir, cfg)
     sets = train.evaluation_sets(cfg, state["mixing"], train.generators(cfg.seed)[2])
     return preset, cfg, state, sets
 
@@ -91,18 +85,16 @@ def plot_latents(run_dir, cfg, z_fit, h_fit, z_eval, h_eval, steps):
     against the linear prediction (the R² fit on the other sample set)."""
     rho = C.correlation_matrix(z_eval, h_eval)
     match = C.linear_assignment(-np.abs(rho))
-    coef, *_ = np.linalg.lstsq(np.hstack([h_fit, np.ones((len(h_fit), 1))]), z_fit, rcond=None)
-    prediction = np.hstack([h_eval, np.ones((len(h_eval), 1))]) @ coef
+    prediction = C.affine_predict(C.affine_fit(h_fit, z_fit), h_eval)
+    r2 = C.r2_per_dimension(z_eval, prediction)
     n, shown = cfg.n, slice(0, 1500)
     fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 1, 4.8), constrained_layout=True, squeeze=False)
     for i in range(n):
         matched = h_eval[:, match[i]] * np.sign(rho[i, match[i]])
-        r2 = 1 - (np.sum((z_eval[:, i] - prediction[:, i]) ** 2)
-                  / np.sum((z_eval[:, i] - z_eval[:, i].mean()) ** 2))
         axes[0, i].scatter(z_eval[shown, i], matched[shown], s=1, alpha=0.4)
         axes[0, i].set_title(f"h{match[i] + 1}: |ρ|={abs(rho[i, match[i]]):.3f}", fontsize=8)
         axes[1, i].scatter(z_eval[shown, i], prediction[shown, i], s=1, alpha=0.4, color="tab:orange")
-        axes[1, i].set_title(f"linear: R²={r2:.3f}", fontsize=8)
+        axes[1, i].set_title(f"linear: R²={r2[i]:.3f}", fontsize=8)
         for ax in axes[:, i]:
             ax.tick_params(labelsize=6)
             ax.set_xlabel(f"true z{i + 1}", fontsize=7)

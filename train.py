@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from autograd.misc import flatten
 
 import clref as C
 
@@ -162,6 +163,24 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_json(path):
+    """The parsed file, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_run_config(run_dir):
+    """(preset, Config) from run_dir/config.json; ValueError if it cannot be read."""
+    saved = read_json(os.path.join(run_dir, "config.json"))
+    if saved is None:
+        raise ValueError(f"no readable config.json in {run_dir}")
+    preset = saved.pop("preset", None)
+    return preset, C.Config.from_dict(saved)
+
+
 def csv_text(rows, columns):
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -175,7 +194,6 @@ LOG_COLUMNS = ["step", "loss", "r2", "mcc", "seconds"]
 
 
 def save_checkpoint(run_dir, state):
-    from autograd.misc import flatten
     flat, _ = flatten(state["params"])
     arrays = {
         "params": flat, "adam_m": state["adam"]["m"], "adam_v": state["adam"]["v"],
@@ -189,10 +207,9 @@ def save_checkpoint(run_dir, state):
     write_atomic(os.path.join(run_dir, CHECKPOINT), lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(run_dir, cfg, params_template):
+def load_checkpoint(run_dir, cfg):
     """The state saved by save_checkpoint; ValueError if missing, corrupted or
     written for another configuration."""
-    from autograd.misc import flatten
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise ValueError(f"--resume: no checkpoint at {path}")
@@ -200,7 +217,9 @@ def load_checkpoint(run_dir, cfg, params_template):
         with np.load(path) as data:
             saved_cfg = C.Config.from_dict(json.loads(str(data["config"])))
             flat = data["params"]
-            _, unflatten = flatten(params_template)
+            template, unflatten = flatten(C.init_encoder(
+                cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype, cfg.radius,
+                cfg.learn_radius))
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(data["rng_state"]))
             mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
@@ -215,7 +234,7 @@ def load_checkpoint(run_dir, cfg, params_template):
     if saved_cfg != cfg:
         raise ValueError(f"--resume: checkpoint {path} was written for another configuration; "
                          f"use the same options as the interrupted run")
-    if flat.size != flatten(params_template)[0].size:
+    if flat.size != template.size:
         raise ValueError(f"--resume: checkpoint {path} holds parameters of another shape")
     return state
 
@@ -325,7 +344,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print):
                             cfg.learn_radius, cfg.identity_init)
     sets = evaluation_sets(cfg, mixing, eval_rng)
     if resume:
-        state = load_checkpoint(run_dir, cfg, params)
+        state = load_checkpoint(run_dir, cfg)
         say(f"resuming {run_dir} at step {state['step']}")
     else:
         state = {"params": params, "adam": C.adam_init(params), "step": 0, "seconds": 0.0,
@@ -336,7 +355,8 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print):
     identity = scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
     state = train_loop(cfg, state, sets, run_dir, say)
-    last = state["log"][-1] if state["log"] else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)}
+    last = (state["log"][-1] if state["log"]          # no log row when steps = 0
+            else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)})
     metrics = {"preset": preset, "seed": cfg.seed, "steps": cfg.steps, "n": cfg.n,
                "batch_size": cfg.batch_size,
                "seconds": round(state["seconds"], 2), "loss": last["loss"], "r2": last["r2"],
@@ -377,22 +397,15 @@ GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2"
 def same_config(run_dir, cfg):
     """True when run_dir/config.json holds exactly this configuration."""
     try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
+        return read_run_config(run_dir)[1] == cfg
+    except (ValueError, TypeError, KeyError):
         return False
-    saved.pop("preset", None)
-    return saved == cfg.to_dict()
 
 
 def finished_metrics(run_dir, cfg):
     """metrics.json of a finished run of exactly this configuration, else None."""
-    try:
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not same_config(run_dir, cfg):
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
+    if metrics is None or not same_config(run_dir, cfg):
         return None
     return {"n": cfg.n, "batch_size": cfg.batch_size, "supervised_steps": cfg.supervised_steps,
             **metrics, "reused": True}
@@ -738,8 +751,7 @@ def main(argv=None):
         run_dir = args.out or os.path.join("runs", f"{args.preset}-s{cfg.seed}")
         check_writable(run_dir)
         if args.resume:
-            load_checkpoint(run_dir, cfg, C.init_encoder(cfg.n, cfg.widths, cfg.head,
-                            np.random.default_rng(0), cfg.dtype, cfg.radius, cfg.learn_radius))
+            load_checkpoint(run_dir, cfg)
         created = not os.path.exists(run_dir)
         try:
             os.makedirs(run_dir, exist_ok=True)
