@@ -485,6 +485,24 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path):
     assert [r.split(",")[0] for r in rows] == ["step", "10", "20", "30", "40"], f"log.csv rows: {rows}"
 
 
+def test_restarted_run_directory_is_not_taken_for_finished(tmp_path):
+    # a finished run, then a run of another configuration in the same directory
+    # that is interrupted: the old metrics.json must not pass for the new run's
+    import train
+    train.run(TINY, str(tmp_path), "sphere_vmf_k10", say=lambda line: None)
+    other = TINY.replace(steps=30)
+
+    def stop_at_10(line):
+        if line.startswith("step") and "10/30" in line:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.run(other, str(tmp_path), "sphere_vmf_k10", say=stop_at_10)
+    assert train.finished_metrics(str(tmp_path), other) is None, (
+        "an interrupted run was reported finished with the metrics of an earlier configuration")
+    assert train.finished_metrics(str(tmp_path), TINY) is None
+
+
 def test_run_directory_holds_config_log_metrics_and_checkpoint(tmp_path):
     import json
     import train

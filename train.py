@@ -168,6 +168,13 @@ def write_text(path, text):
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def remove_if_present(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -359,6 +366,8 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print):
         state = {"params": params, "adam": C.adam_init(params), "step": 0, "seconds": 0.0,
                  "rng": data_rng, "log": [], "mixing": mixing, "cfg": cfg}
     if run_dir:
+        if not resume:  # a finished run's metrics must never sit beside another config
+            remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
     z_fit, x_fit, z_eval, x_eval = sets
     identity = scores(z_fit, x_fit, z_eval, x_eval)
