@@ -659,15 +659,11 @@ def widths_value(text):
         raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}")
 
 
-# flag -> Config field, for the overrides of one run
-OVERRIDES = {"space": "space", "marginal": "marginal", "marginal_scale": "marginal_scale",
-             "conditional": "conditional", "seed": "seed", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-             "lr_final": "lr_final", "warmup": "warmup", "n": "n", "tau": "tau",
-             "kappa": "kappa", "lam": "lam", "sigma": "sigma", "beta": "beta", "p": "p",
-             "head": "head", "widths": "widths", "mixing_layers": "mixing_layers",
-             "dtype": "dtype", "eval_every": "eval_every", "eval_size": "eval_size",
-             "supervised_steps": "supervised_steps", "learn_radius": "learn_radius",
-             "radius": "radius", "cond_quantile": "cond_quantile"}
+# Config fields that have a flag of their own (argparse's dest is the field name)
+OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "steps", "batch_size",
+             "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
+             "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
+             "learn_radius", "radius", "cond_quantile")
 
 
 def make_parser():
@@ -756,8 +752,7 @@ def main(argv=None):
             return 0
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-        overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()
-                     if hasattr(args, flag)}
+        overrides = {field: getattr(args, field) for field in OVERRIDES if hasattr(args, field)}
         if args.grid:
             if args.seeds < 1 or args.jobs < 1:
                 raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
