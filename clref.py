@@ -354,8 +354,8 @@ def _leaky_relu_derivative(u, slope):
 
 @primitive
 def dense_leaky_relu(h, w, b, slope):
-    """(B, fan_in) -> (B, fan_out): leaky_relu(h @ w + b, slope), one hidden layer.
-    An autograd primitive with a hand-written gradient: the activation's
+    """(B, fan_in) -> (B, fan_out): leaky_relu(h @ w + b, slope), one hidden layer
+    of the encoder (README §4). An autograd primitive with a hand-written gradient: the activation's
     derivative is one multiply and nothing is allocated twice (README "Speed";
     autograd's own rule for `maximum` compares twice to split ties)."""
     u = h @ w
@@ -399,8 +399,8 @@ def encode(params, x, head, radius=1.0):
 
 @primitive
 def logsumexp(a, axis):
-    """Stable log Σ exp(a) along `axis`: the maximum is subtracted before exp. An
-    autograd primitive whose gradient is the softmax along `axis`."""
+    """Stable log Σ exp(a) along `axis`: the maximum is subtracted before exp
+    (README §5). An autograd primitive whose gradient is the softmax along `axis`."""
     a_max = np.max(a, axis=axis, keepdims=True)
     return np.squeeze(a_max, axis) + np.log(np.sum(np.exp(a - a_max), axis=axis))
 
@@ -695,7 +695,8 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 def learning_rate(cfg, step):
     """Learning rate at `step` (0-based): linear warm-up, then constant or a
-    cosine decay from cfg.lr to cfg.lr_final over cfg.steps."""
+    cosine decay from cfg.lr to cfg.lr_final over cfg.steps (README "The
+    experiment grid": the CPU recipe)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.lr_final is None:
