@@ -462,12 +462,12 @@ def mean_std(values):
     return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def grid_markdown(rows, command, wall_seconds, out_root=None):
+def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None):
     reused = sum(bool(r.get("reused")) for r in rows)
     note = (f" ({reused} of {len(rows)} runs had finished in an earlier invocation and were "
             f"reused; their own times are in the seconds column)" if reused else "")
     lines = [f"Command: `{command}`; wall time {format_seconds(wall_seconds)} on this machine{note}.", "",
-             "Scores are held-out (fit on 4096 fresh samples, scored on 4096 others), "
+             f"Scores are held-out (fit on {eval_size} fresh samples, scored on {eval_size} others), "
              "mean ± standard deviation over seeds. Identity: the observations x = g(z) "
              "themselves. Supervised: the same encoder trained by regression onto z.", "",
              "| preset | expect | bars | seeds met | R² | MCC | identity R² | identity MCC "
@@ -540,7 +540,9 @@ def run_grid(args, overrides, out_root, results_dir):
     wall = time.time() - start
     command = "python train.py " + " ".join(sys.argv[1:])
     write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
-    write_text(os.path.join(results_dir, "grid.md"), grid_markdown(rows, command, wall, out_root))
+    eval_size = jobs[0][1].eval_size           # the same in every run of the grid
+    write_text(os.path.join(results_dir, "grid.md"),
+               grid_markdown(rows, command, wall, eval_size, out_root))
     import plots
     plots.plot_grid(results_dir)
     print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
