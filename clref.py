@@ -18,7 +18,6 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 from autograd.extend import defvjp, defvjp_argnums, primitive
-from autograd.misc import flatten
 
 SPACES = ("sphere", "box", "unbounded")
 MARGINALS = ("uniform", "normal", "laplace", "gennorm")
@@ -402,51 +401,99 @@ def logsumexp(a, axis):
     """Stable log Σ exp(a) along `axis`: the maximum is subtracted before exp
     (README §5). An autograd primitive whose gradient is the softmax along `axis`."""
     a_max = np.max(a, axis=axis, keepdims=True)
-    return np.squeeze(a_max, axis) + np.log(np.sum(np.exp(a - a_max), axis=axis))
+    shifted = np.subtract(a, a_max)
+    return np.squeeze(a_max, axis) + np.log(np.sum(np.exp(shifted, out=shifted), axis=axis))
 
 
-defvjp(logsumexp, lambda ans, a, axis: lambda g: (np.expand_dims(g, axis)
-                                                   * np.exp(a - np.expand_dims(ans, axis))))
+def _logsumexp_vjp(ans, a, axis):
+    def vjp(g):
+        softmax = np.subtract(a, np.expand_dims(ans, axis))
+        np.exp(softmax, out=softmax)
+        softmax *= np.expand_dims(g, axis)
+        return softmax
+    return vjp
+
+
+defvjp(logsumexp, _logsumexp_vjp)
 
 
 def similarity_matrix(h, h_tilde, tau, p=None):
     """(B, D), (B, D) -> (B, B): S[i, j] = s(h_j, h_tilde_i) / tau, with
-    s(a, b) = aᵀb when p is None, else -||a - b||_p^p (README §5)."""
+    s(a, b) = aᵀb when p is None, else -||a - b||_p^p (README §5). 1/tau scales
+    the (B, D) factors, not the (B, B) result."""
     if p is None:
-        return (h_tilde @ h.T) / tau
-    if p == 2:  # ||a - b||² = ||a||² + ||b||² - 2 aᵀb: one matrix product
-        sq = anp.sum(h * h, axis=1)[None, :] + anp.sum(h_tilde * h_tilde, axis=1)[:, None]
-        return -(sq - 2.0 * (h_tilde @ h.T)) / tau
-    return -pairwise_lp(h_tilde, h, p) / tau
+        return (h_tilde / tau) @ h.T
+    if p == 2:  # -||a - b||² = 2 aᵀb - ||a||² - ||b||²: one matrix product
+        return (((2.0 / tau) * h_tilde) @ h.T - anp.sum(h_tilde * h_tilde, axis=1)[:, None] / tau
+                - anp.sum(h * h, axis=1)[None, :] / tau)
+    return pairwise_lp(h_tilde, h, p) * (-1.0 / tau)
+
+
+def _differences(a, b):
+    """Yield, for each coordinate k, the (B, C) matrix d[i, j] = a_ik - b_jk, as the
+    product [a_k, 1] [1; -b_k] (exact: one rounding, as a subtraction; BLAS writes
+    it faster than numpy broadcasts it). The same buffer is reused for every k."""
+    dtype = np.result_type(a, b)
+    left = np.stack([a.T, np.ones_like(a.T)], axis=2).astype(dtype)      # (D, B, 2)
+    right = np.stack([np.ones_like(b.T), -b.T], axis=1).astype(dtype)    # (D, 2, C)
+    d = np.empty((a.shape[0], b.shape[0]), dtype=dtype)
+    for k in range(a.shape[1]):
+        yield k, np.matmul(left[k], right[k], out=d)
+
+
+def _power(x, q):
+    """x^q for x >= 0: multiplications for q = 1, 2, 3 (np.power is slow)."""
+    if q == 1:
+        return x
+    if q == 2:
+        return x * x
+    if q == 3:
+        return x * x * x
+    return x ** q
 
 
 @primitive
 def pairwise_lp(a, b, p):
     """(B, D), (C, D) -> (B, C): Σ_k |a_ik - b_jk|^p, the p-th power of the Lp
-    distance (README §5). An autograd primitive that loops over the D coordinates (never over
-    the batch) so no (B, C, D) tensor is held, forward or backward."""
+    distance (README §5). An autograd primitive that loops over the D coordinates
+    (never over the batch), so no (B, C, D) tensor is held, forward or backward."""
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.result_type(a, b))
-    for k in range(a.shape[1]):
-        d = np.abs(a[:, k, None] - b[None, :, k])
-        out += d if p == 1 else d ** p
+    for _, d in _differences(a, b):
+        out += _power(np.abs(d, out=d), p)
     return out
 
 
 def _pairwise_lp_vjp(argnums, ans, args, kwargs):
     """d/d a_ik of |a_ik - b_jk|^p is p |d|^(p-1) sign(d) with d = a_ik - b_jk; the
-    gradient for b is the same with the opposite sign. Both come from one pass."""
+    gradient for b is the same with the opposite sign. Row and column sums are
+    matrix-vector products. For p = 1, sign(d) = 2[d > 0] - 1 + [d = 0], and the
+    last term is only computed when a coordinate of a equals one of b."""
     a, b, p = args
 
     def vjp(g):
-        grad_a, grad_b = [], []
-        for k in range(a.shape[1]):
-            d = a[:, k, None] - b[None, :, k]
-            slope = np.sign(d) if p == 1 else p * np.abs(d) ** (p - 1) * np.sign(d)
-            slope *= g
-            grad_a.append(slope.sum(axis=1))
-            grad_b.append(-slope.sum(axis=0))
-        grads = {0: grad_a, 1: grad_b}
-        return [np.stack(grads[argnum], axis=1) for argnum in argnums]
+        ones_a, ones_b = np.ones(a.shape[0], g.dtype), np.ones(b.shape[0], g.dtype)
+        grad_a, grad_b = np.empty(a.shape[::-1], g.dtype), np.empty(b.shape[::-1], g.dtype)
+        work = np.empty_like(g)
+        row, col = g @ ones_b, ones_a @ g
+        for k, d in _differences(a, b):
+            if p == 1:
+                np.multiply(g, d > 0, out=work)
+                grad_a[k], grad_b[k] = 2 * (work @ ones_b) - row, 2 * (ones_a @ work) - col
+                if not np.all(d):                 # ties: sign(0) = 0, not -1
+                    np.multiply(g, d == 0, out=work)
+                    grad_a[k] += work @ ones_b
+                    grad_b[k] += ones_a @ work
+            else:
+                if p >= 2:                        # p |d|^(p-1) sign(d) = p d |d|^(p-2)
+                    np.multiply(d, _power(np.abs(d), p - 2), out=work)
+                else:
+                    np.multiply(np.sign(d), _power(np.abs(d), p - 1), out=work)
+                work *= p
+                work *= g
+                grad_a[k], grad_b[k] = work @ ones_b, ones_a @ work
+            grad_b[k] *= -1
+        grads = {0: grad_a.T, 1: grad_b.T}
+        return [grads[argnum] for argnum in argnums]
     return vjp
 
 
@@ -656,8 +703,8 @@ def contrastive_objective(params, x, x_tilde, cfg):
     """InfoNCE of the encoder on a batch of positive pairs; both views go through
     the encoder in one stacked forward pass."""
     h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
-    batch = x.shape[0]
-    return infonce(h_both[:batch], h_both[batch:], cfg.tau, cfg.p)
+    h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
+    return infonce(h, h_tilde, cfg.tau, cfg.p)
 
 
 def supervised_objective(params, x, z, cfg):
@@ -665,32 +712,55 @@ def supervised_objective(params, x, z, cfg):
     return regression_loss(encode(params, x, "none"), z)
 
 
+def parameter_leaves(params):
+    """The arrays of a parameter tree in a fixed order: dictionaries by sorted key,
+    lists and tuples in order. Adam's moments and a checkpoint use this order."""
+    if isinstance(params, dict):
+        return [leaf for key in sorted(params) for leaf in parameter_leaves(params[key])]
+    if isinstance(params, (list, tuple)):
+        return [leaf for item in params for leaf in parameter_leaves(item)]
+    return [params]
+
+
+def with_leaves(params, leaves):
+    """A tree shaped like `params` that holds `leaves` (an iterator, consumed in
+    the order of `parameter_leaves`)."""
+    if isinstance(params, dict):
+        rebuilt = {key: with_leaves(params[key], leaves) for key in sorted(params)}
+        return {key: rebuilt[key] for key in params}
+    if isinstance(params, (list, tuple)):
+        return type(params)(with_leaves(item, leaves) for item in params)
+    return next(leaves)
+
+
 def adam_init(params):
-    """Adam state: first and second moments as flat vectors, and the step count."""
-    flat, _ = flatten(params)
-    return {"m": np.zeros_like(flat), "v": np.zeros_like(flat), "t": 0}
+    """Adam state: first and second moments, one array per parameter array, and
+    the step count."""
+    return {"m": [np.zeros_like(w) for w in parameter_leaves(params)],
+            "v": [np.zeros_like(w) for w in parameter_leaves(params)], "t": 0}
 
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step (Kingma & Ba 2015) with bias correction; returns new
     (params, state). `params` is left untouched; the moment buffers of `state`
     are updated in place (they belong to the optimiser)."""
-    flat, unflatten = flatten(params)          # a fresh copy of the parameters
-    g, _ = flatten(grads)                      # a fresh copy of the gradients
     t = state["t"] + 1
-    m, v = state["m"], state["v"]              # the moments are updated in place
-    m *= b1
-    m += (1 - b1) * g
-    g *= g
-    v *= b2
-    v += (1 - b2) * g
     step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-    denominator = np.sqrt(v)
-    denominator += eps
-    np.divide(m, denominator, out=denominator)
-    denominator *= step
-    flat -= denominator
-    return unflatten(flat), {"m": m, "v": v, "t": t}
+    new = []
+    for w, g, m, v in zip(parameter_leaves(params), parameter_leaves(grads), state["m"], state["v"]):
+        scratch = np.empty_like(w)
+        m *= b1                                  # m <- b1 m + (1 - b1) g
+        m += np.multiply(g, 1 - b1, out=scratch)
+        np.multiply(g, g, out=scratch)           # v <- b2 v + (1 - b2) g²
+        scratch *= 1 - b2
+        v *= b2
+        v += scratch
+        np.sqrt(v, out=scratch)                  # w <- w - step m / (sqrt(v) + eps)
+        scratch += eps
+        np.divide(m, scratch, out=scratch)
+        scratch *= step
+        new.append(w - scratch)
+    return with_leaves(params, iter(new)), {"m": state["m"], "v": state["v"], "t": t}
 
 
 def learning_rate(cfg, step):

@@ -34,6 +34,7 @@ GRADIENT_CASES = [  # (head, p, learn_radius)
     ("none", 1, False),
     ("none", 2, False),
     ("none", 3, False),
+    ("none", 1.5, False),
 ]
 
 
@@ -302,6 +303,32 @@ def test_infonce_equals_double_loop(p, tau):
     h, h_tilde = g.standard_normal((17, 4)), g.standard_normal((17, 4))
     got, want = C.infonce(h, h_tilde, tau, p), infonce_double_loop(h, h_tilde, tau, p)
     assert got == pytest.approx(want, abs=1e-12, rel=1e-12), f"p={p} tau={tau}: {got} vs loop {want}"
+
+
+def test_l1_gradient_at_ties_uses_sign_zero():
+    """Where a coordinate of h equals one of h_tilde, |d| has gradient sign(0) = 0;
+    the gradient matches a loop over i, j, k written from README §5."""
+    from autograd import grad
+    g = rng(22)
+    h = g.standard_normal((6, 3))
+    h_tilde = h + 0.3 * g.standard_normal((6, 3))
+    h_tilde[:3, 1] = h[:3, 1]                    # ties on the positive pairs
+    h_tilde[4, 2] = h[1, 2]                      # and with a negative
+    tau = 0.7
+    s = np.array([[-np.abs(h[j] - h_tilde[i]).sum() / tau for j in range(6)] for i in range(6)])
+    weight = np.exp(s - s.max(axis=1, keepdims=True))
+    weight /= weight.sum(axis=1, keepdims=True)  # d loss / d S[i, j] = (softmax - I) / B
+    weight = (weight - np.eye(6)) / 6
+    want_h, want_h_tilde = np.zeros_like(h), np.zeros_like(h)
+    for i in range(6):
+        for j in range(6):
+            for k in range(3):
+                slope = np.sign(h_tilde[i, k] - h[j, k]) / tau   # dS[i, j] / dh[j, k]
+                want_h[j, k] += weight[i, j] * slope
+                want_h_tilde[i, k] -= weight[i, j] * slope
+    got_h, got_h_tilde = grad(C.infonce, 0)(h, h_tilde, tau, 1), grad(C.infonce, 1)(h, h_tilde, tau, 1)
+    assert np.allclose(got_h, want_h, atol=1e-12), f"grad h at ties:\n{got_h}\nloop:\n{want_h}"
+    assert np.allclose(got_h_tilde, want_h_tilde, atol=1e-12), "grad h_tilde at ties differs from the loop"
 
 
 def test_infonce_is_stable_for_large_similarities():

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from autograd.misc import flatten
 
 import clref as C
 
@@ -38,6 +37,32 @@ def keep_freed_memory():
 
 
 keep_freed_memory()
+
+
+def _loaded_openblas():
+    """ctypes handles of the OpenBLAS libraries loaded in this process (Linux)."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.split()[-1].lower()}
+    except OSError:
+        return []
+    return [ctypes.CDLL(path) for path in sorted(paths)]
+
+
+def set_blas_threads(threads):
+    """Set the thread count of numpy's BLAS at run time (OpenBLAS, as numpy's wheels
+    ship it) and return the count it reports; None where it cannot be set."""
+    reported = None
+    for lib in _loaded_openblas():
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter(int(threads))
+                    reported = int(getter())
+    return reported
 
 # ----------------------------------------------------------------------------
 # Presets: the rows of the experiment grid (README "The experiment grid")
@@ -211,10 +236,21 @@ CHECKPOINT = "checkpoint.npz"
 LOG_COLUMNS = ["step", "loss", "r2", "mcc", "seconds"]
 
 
+def flat(arrays):
+    """One vector holding the arrays in order (the checkpoint layout)."""
+    return np.concatenate([np.ravel(a) for a in arrays])
+
+
+def unflat(vector, template):
+    """Arrays shaped like those of `template`, cut from `vector` in order."""
+    ends = np.cumsum([a.size for a in template])
+    return [piece.reshape(a.shape) for piece, a in zip(np.split(vector, ends[:-1]), template)]
+
+
 def save_checkpoint(run_dir, state):
-    flat, _ = flatten(state["params"])
     arrays = {
-        "params": flat, "adam_m": state["adam"]["m"], "adam_v": state["adam"]["v"],
+        "params": flat(C.parameter_leaves(state["params"])),
+        "adam_m": flat(state["adam"]["m"]), "adam_v": flat(state["adam"]["v"]),
         "adam_t": np.array(state["adam"]["t"]), "step": np.array(state["step"]),
         "seconds": np.array(state["seconds"]),
         "rng_state": np.array(json.dumps(state["rng"].bit_generator.state)),
@@ -234,16 +270,19 @@ def load_checkpoint(run_dir, cfg):
     try:
         with np.load(path) as data:
             saved_cfg = C.Config.from_dict(json.loads(str(data["config"])))
-            flat = data["params"]
-            template, unflatten = flatten(C.init_encoder(
-                cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype, cfg.radius,
-                cfg.learn_radius))
+            saved = data["params"]
+            template = C.init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0),
+                                      cfg.dtype, cfg.radius, cfg.learn_radius)
+            leaves = C.parameter_leaves(template)
+            if saved.size != sum(a.size for a in leaves):
+                raise ValueError("it holds parameters of another shape")
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(data["rng_state"]))
             mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
             state = {
-                "params": unflatten(flat.astype(cfg.dtype)),
-                "adam": {"m": data["adam_m"], "v": data["adam_v"], "t": int(data["adam_t"])},
+                "params": C.with_leaves(template, iter(unflat(saved.astype(cfg.dtype), leaves))),
+                "adam": {"m": unflat(data["adam_m"], leaves), "v": unflat(data["adam_v"], leaves),
+                         "t": int(data["adam_t"])},
                 "step": int(data["step"]), "seconds": float(data["seconds"]), "rng": rng,
                 "log": json.loads(str(data["log"])), "mixing": mixing, "cfg": cfg,
             }
@@ -252,8 +291,6 @@ def load_checkpoint(run_dir, cfg):
     if saved_cfg != cfg:
         raise ValueError(f"--resume: checkpoint {path} was written for another configuration; "
                          f"use the same options as the interrupted run")
-    if flat.size != template.size:
-        raise ValueError(f"--resume: checkpoint {path} holds parameters of another shape")
     return state
 
 
