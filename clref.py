@@ -352,27 +352,55 @@ def _leaky_relu_derivative(u, slope):
 
 
 @primitive
-def dense_leaky_relu(h, w, b, slope):
-    """(B, fan_in) -> (B, fan_out): leaky_relu(h @ w + b, slope), one hidden layer
-    of the encoder (README §4). An autograd primitive with a hand-written gradient: the activation's
-    derivative is one multiply and nothing is allocated twice (README "Speed";
-    autograd's own rule for `maximum` compares twice to split ties)."""
+def dense(h, w, b, slope):
+    """(B, fan_in) -> (B, fan_out): leaky_relu(h @ w + b, slope), one layer of the
+    encoder (README §4); slope = 1 is the affine output layer. An autograd
+    primitive with a hand-written gradient: the activation's derivative is one
+    multiply, the bias gradient a matrix-vector product, and nothing is allocated
+    twice (README "Speed")."""
     u = h @ w
     u += b
-    return np.maximum(u, slope * u, out=u)   # leaky ReLU in place on the fresh product
+    if slope != 1:
+        np.maximum(u, slope * u, out=u)      # leaky ReLU in place on the fresh product
+    return u
 
 
-def _dense_leaky_relu_vjp(argnums, ans, args, kwargs):
+def _dense_vjp(argnums, ans, args, kwargs):
     h, w, b, slope = args
+
     def vjp(g):
-        g_u = _leaky_relu_derivative(ans, slope)      # ans > 0 exactly where u > 0
-        g_u *= g
-        grads = {0: lambda: g_u @ w.T, 1: lambda: h.T @ g_u, 2: lambda: g_u.sum(axis=0)}
+        g_u = g if slope == 1 else g * _leaky_relu_derivative(ans, slope)  # ans > 0 iff u > 0
+        grads = {0: lambda: g_u @ w.T, 1: lambda: h.T @ g_u,
+                 2: lambda: np.ones(len(g_u), g_u.dtype) @ g_u}
         return [grads[k]() for k in argnums]
     return vjp
 
 
-defvjp_argnums(dense_leaky_relu, _dense_leaky_relu_vjp)
+defvjp_argnums(dense, _dense_vjp)
+
+
+@primitive
+def sphere_head(h, r):
+    """(B, D) -> (B, D): r h / ||h||, each row put on the sphere of radius r (README §4)."""
+    return h * (r / np.sqrt(np.sum(h * h, axis=1, keepdims=True)))
+
+
+def _sphere_head_vjp(argnums, ans, args, kwargs):
+    """With u = h / ||h||: d(r u)/dh applied to g is (r / ||h||) (g - u (uᵀg)), and
+    the gradient for r is Σ uᵀg."""
+    h, r = args
+
+    def vjp(g):
+        norm = np.sqrt(np.sum(h * h, axis=1, keepdims=True))
+        unit = h / norm
+        along = np.sum(unit * g, axis=1, keepdims=True)
+        grads = {0: lambda: (g - unit * along) * (r / norm),
+                 1: lambda: np.sum(along).astype(np.result_type(r)).reshape(np.shape(r))}
+        return [grads[k]() for k in argnums]
+    return vjp
+
+
+defvjp_argnums(sphere_head, _sphere_head_vjp)
 
 
 def encode(params, x, head, radius=1.0):
@@ -381,12 +409,11 @@ def encode(params, x, head, radius=1.0):
     h = x
     layers = params["layers"]
     for w, b in layers[:-1]:
-        h = dense_leaky_relu(h, w, b, ENCODER_SLOPE)
+        h = dense(h, w, b, ENCODER_SLOPE)
     w, b = layers[-1]
-    h = h @ w + b
+    h = dense(h, w, b, 1.0)
     if head == "sphere":
-        r = params["radius"] if "radius" in params else radius
-        return r * h / anp.sqrt(anp.sum(h * h, axis=1, keepdims=True))
+        return sphere_head(h, params["radius"] if "radius" in params else radius)
     if head == "box":
         return params["bound"] / (1.0 + anp.exp(-h))
     return h
@@ -409,7 +436,7 @@ def _logsumexp_vjp(ans, a, axis):
     def vjp(g):
         softmax = np.subtract(a, np.expand_dims(ans, axis))
         np.exp(softmax, out=softmax)
-        softmax *= np.expand_dims(g, axis)
+        softmax *= np.expand_dims(g, axis).astype(softmax.dtype)  # g may arrive as float64
         return softmax
     return vjp
 
@@ -452,6 +479,13 @@ def _power(x, q):
     return x ** q
 
 
+def _shared_values(a, b):
+    """(D,) bool: True where column k holds some value twice among a[:, k] and
+    b[:, k] together (a superset of the coordinates where some a_ik = b_jk)."""
+    values = np.sort(np.concatenate([a.T, b.T], axis=1), axis=1)
+    return np.any(values[:, 1:] == values[:, :-1], axis=1)
+
+
 @primitive
 def pairwise_lp(a, b, p):
     """(B, D), (C, D) -> (B, C): Σ_k |a_ik - b_jk|^p, the p-th power of the Lp
@@ -475,11 +509,12 @@ def _pairwise_lp_vjp(argnums, ans, args, kwargs):
         grad_a, grad_b = np.empty(a.shape[::-1], g.dtype), np.empty(b.shape[::-1], g.dtype)
         work = np.empty_like(g)
         row, col = g @ ones_b, ones_a @ g
+        tied = _shared_values(a, b) if p == 1 else None
         for k, d in _differences(a, b):
             if p == 1:
                 np.multiply(g, d > 0, out=work)
                 grad_a[k], grad_b[k] = 2 * (work @ ones_b) - row, 2 * (ones_a @ work) - col
-                if not np.all(d):                 # ties: sign(0) = 0, not -1
+                if tied[k]:                       # ties: sign(0) = 0, not -1
                     np.multiply(g, d == 0, out=work)
                     grad_a[k] += work @ ones_b
                     grad_b[k] += ones_a @ work
@@ -510,16 +545,16 @@ def infonce(h, h_tilde, tau, p=None):
     l_i = -S[i, i] + log Σ_j exp S[i, j], the positive inside the sum and the other
     B - 1 anchors as negatives of each positive h_tilde_i."""
     _check_tau(tau)
-    s = similarity_matrix(h, h_tilde, tau, p)
-    return anp.mean(logsumexp(s, axis=1)) + alignment(h, h_tilde, tau, p)  # -mean_i S[i, i]
+    row_lse = logsumexp(similarity_matrix(h, h_tilde, tau, p), axis=1)
+    return anp.mean(row_lse) + alignment(h, h_tilde, tau, p)  # alignment = -mean_i S[i, i]
 
 
 def alignment(h, h_tilde, tau, p=None):
     """Alignment term of the asymptotic loss: -mean_i s(h_i, h_tilde_i) / tau."""
     _check_tau(tau)
     if p is None:
-        return -anp.mean(anp.sum(h * h_tilde, axis=1)) / tau
-    return anp.mean(anp.sum(anp.abs(h - h_tilde) ** p, axis=1)) / tau
+        return anp.sum(h * h_tilde) * (-1.0 / (tau * len(h)))
+    return anp.sum(anp.abs(h - h_tilde) ** p) * (1.0 / (tau * len(h)))
 
 
 def uniformity(h, h_tilde, tau, p=None):
