@@ -50,19 +50,30 @@ def _loaded_openblas():
     return [ctypes.CDLL(path) for path in sorted(paths)]
 
 
+def _openblas_call(name, *args):
+    """Call `name` (e.g. "set_num_threads") in every loaded OpenBLAS under the
+    symbol names numpy's wheels and system builds use; the last result or None."""
+    result = None
+    for lib in _loaded_openblas():
+        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}"):
+            function = getattr(lib, symbol, None)
+            if function is not None:
+                result = function(*args)
+                break
+    return result
+
+
 def set_blas_threads(threads):
     """Set the thread count of numpy's BLAS at run time (OpenBLAS, as numpy's wheels
-    ship it) and return the count it reports; None where it cannot be set."""
-    reported = None
-    for lib in _loaded_openblas():
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter(int(threads))
-                    reported = int(getter())
-    return reported
+    ship it); returns the count it reports, or None where it cannot be set."""
+    _openblas_call("set_num_threads", int(threads))
+    return blas_threads()
+
+
+def blas_threads():
+    """The thread count numpy's OpenBLAS reports, or None for another BLAS."""
+    return _openblas_call("get_num_threads")
+
 
 # ----------------------------------------------------------------------------
 # Presets: the rows of the experiment grid (README "The experiment grid")
@@ -620,11 +631,12 @@ def time_gemms(operands):
     return time.perf_counter() - start
 
 
-def bench_step(loss, dtype, batch_size, includes_sampling, steps=20, warmup=3):
-    """Median milliseconds of one training step of the reference encoder at N = 10,
+def bench_step(loss, dtype, batch_size, includes_sampling, widths=REFERENCE_WIDTHS, steps=20,
+               warmup=3):
+    """Median milliseconds of one training step of an encoder of `widths` at N = 10,
     and numpy's rate on the same matrix products, timed between the steps so that
     both see the same machine load."""
-    base = dict(n=10, widths=REFERENCE_WIDTHS, batch_size=batch_size, dtype=dtype, tau=1.0,
+    base = dict(n=10, widths=tuple(widths), batch_size=batch_size, dtype=dtype, tau=1.0,
                 cond_pool=1000, lr=1e-4)
     if loss == "dot":
         cfg = C.Config(**base, space="sphere", conditional="vmf", head="sphere", p=None)
@@ -655,20 +667,27 @@ def bench_step(loss, dtype, batch_size, includes_sampling, steps=20, warmup=3):
             "gflop": round(gflop, 3), "gflops": round(gflop / step_seconds, 1),
             "gemm_gflops": round(gflop / gemm_seconds, 1),
             "efficiency": round(gemm_seconds / step_seconds, 3),
-            "widths": list(cfg.widths), "steps_timed": steps}
+            "widths": list(cfg.widths), "steps_timed": steps, "threads": blas_threads()}
+
+
+GRID_WIDTHS = (128, 128, 128, 128)
 
 
 def run_bench(say=print):
-    """One JSON line per setting of the step benchmark; gflop counts matrix
-    products only (the L1 loss's pairwise differences are not products)."""
+    """One JSON line per setting of the step benchmark: the paper's encoder at
+    batch 1024 and 256, then the grid presets' shape (batch 512, four layers of
+    128). gflop counts matrix products only (the L1 loss's pairwise differences
+    are not products)."""
+    settings = [(batch, REFERENCE_WIDTHS, loss, dtype, sampling) for batch in (1024, 256)
+                for loss in ("dot", "l1") for dtype in ("float32", "float64")
+                for sampling in (False, True)]
+    settings += [(512, GRID_WIDTHS, loss, "float32", sampling) for loss in ("dot", "l1")
+                 for sampling in (False, True)]
     rows = []
-    for batch_size in (1024, 256):
-        for loss in ("dot", "l1"):
-            for dtype in ("float32", "float64"):
-                for includes_sampling in (False, True):
-                    row = bench_step(loss, dtype, batch_size, includes_sampling)
-                    say(json.dumps(row))
-                    rows.append(row)
+    for batch_size, widths, loss, dtype, includes_sampling in settings:
+        row = bench_step(loss, dtype, batch_size, includes_sampling, widths)
+        say(json.dumps(row))
+        rows.append(row)
     return rows
 
 
@@ -713,7 +732,10 @@ def make_parser():
     what.add_argument("--preset", default=DEFAULT_PRESET, help="a preset name (see --list)")
     what.add_argument("--list", action="store_true", help="print every preset and exit")
     what.add_argument("--bench", action="store_true",
-                      help="time the training step of the reference encoder; JSON lines")
+                      help="time the training step of the paper's encoder and of the grid's; "
+                      "JSON lines")
+    what.add_argument("--threads", type=int,
+                      help="threads of numpy's BLAS for this process (default: as the BLAS chose)")
     what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
     what.add_argument("--seeds", type=int, default=3, help="--grid: seeds 0..K-1 per preset")
     what.add_argument("--jobs", type=int, default=1, help="--grid: runs in parallel")
@@ -786,6 +808,13 @@ def main(argv=None):
         if args.list:
             list_presets()
             return 0
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
+            if set_blas_threads(args.threads) is None:
+                raise ValueError("--threads: numpy's BLAS is not an OpenBLAS whose thread count "
+                                 "can be set at run time; set OPENBLAS_NUM_THREADS or "
+                                 "OMP_NUM_THREADS instead")
         if args.bench:
             run_bench()
             return 0
