@@ -58,6 +58,7 @@ class Config:
     learn_radius: bool = False
     tau: float = 1.0               # temperature; theory wants tau = 1/kappa on the sphere
     p: float = None                # None: dot-product similarity; p >= 1: -||a-b||_p^p
+    self_pair: bool = False        # add the anchor paired with itself to each row (README §5)
     # optimisation
     batch_size: int = 1024
     steps: int = 2000
@@ -540,13 +541,24 @@ def _check_tau(tau):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
 
 
-def infonce(h, h_tilde, tau, p=None):
+def infonce(h, h_tilde, tau, p=None, self_pair=False):
     """Mean InfoNCE loss over the batch (README §5):
     l_i = -S[i, i] + log Σ_j exp S[i, j], the positive inside the sum and the other
-    B - 1 anchors as negatives of each positive h_tilde_i."""
+    B - 1 anchors as negatives of each positive h_tilde_i. With `self_pair`, each
+    row's sum also holds exp(s(h_i, h_i) / tau), the anchor paired with itself."""
     _check_tau(tau)
     row_lse = logsumexp(similarity_matrix(h, h_tilde, tau, p), axis=1)
+    if self_pair:
+        row_lse = anp.logaddexp(row_lse, self_similarity(h, tau, p))
     return anp.mean(row_lse) + alignment(h, h_tilde, tau, p)  # alignment = -mean_i S[i, i]
+
+
+def self_similarity(h, tau, p=None):
+    """(B, D) -> (B,) or 0: s(h_i, h_i) / tau, which is ||h_i||² / tau for the dot
+    product and 0 for -||a - b||_p^p (README §5: the self pair)."""
+    if p is None:
+        return anp.sum(h * h, axis=1) / tau
+    return 0.0
 
 
 def alignment(h, h_tilde, tau, p=None):
@@ -598,6 +610,13 @@ def vmf_entropy(n, kappa):
     return -log_c - kappa * vmf_mean_cosine(n, kappa)
 
 
+def vmf_mean_exp(n, kappa):
+    """m = E[exp(kappa uᵀv)] for u, v independent and uniform on S^{N-1}:
+    Γ(N/2) (2/kappa)^(N/2-1) I_{N/2-1}(kappa), the mean of one negative's term."""
+    return math.exp(math.lgamma(n / 2) + (n / 2 - 1) * math.log(2 / kappa)
+                    + log_bessel_iv(n / 2 - 1, kappa))
+
+
 def log_sphere_area(n):
     """log |S^{N-1}| = log(2 π^(N/2) / Γ(N/2))."""
     return math.log(2) + (n / 2) * math.log(math.pi) - math.lgamma(n / 2)
@@ -605,7 +624,10 @@ def log_sphere_area(n):
 
 def theorem1_limit(n, kappa):
     """Limit of infonce - log(B-1) for the ideal encoder with tau = 1/kappa on the
-    sphere: H_vMF(kappa) - log |S^{N-1}| (README §5, Theorem 1)."""
+    sphere: H_vMF(kappa) - log |S^{N-1}| (README §5, Theorem 1). With the self
+    pair, a batch of B scores higher by about log(1 + e^kappa / ((B-1) m)), with
+    m = E exp(kappa uᵀv) over independent uniform u, v (`vmf_mean_exp`); the
+    excess vanishes as B grows, so the limit is the same."""
     return vmf_entropy(n, kappa) - log_sphere_area(n)
 
 
@@ -739,7 +761,7 @@ def contrastive_objective(params, x, x_tilde, cfg):
     the encoder in one stacked forward pass."""
     h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
     h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
-    return infonce(h, h_tilde, cfg.tau, cfg.p)
+    return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair)
 
 
 def supervised_objective(params, x, z, cfg):

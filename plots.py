@@ -52,10 +52,14 @@ def load_run(run_dir):
 
 def ideal_loss(cfg):
     """Loss of the ideal encoder when Theorem 1 applies (sphere, uniform p(z), vMF
-    conditional, tau = 1/kappa): its limit plus log M (README §5); else None."""
+    conditional, tau = 1/kappa): its limit plus log M, plus the self pair's excess
+    at this batch when the run used it (README §5); else None."""
     if (cfg.space, cfg.marginal, cfg.conditional, cfg.p) == ("sphere", "uniform", "vmf", None) \
             and abs(cfg.tau * cfg.kappa - 1) < 1e-9 and cfg.radius == 1 and not cfg.learn_radius:
-        return C.theorem1_limit(cfg.n, cfg.kappa) + np.log(cfg.batch_size - 1)
+        negatives = cfg.batch_size - 1
+        excess = (np.log1p(np.exp(cfg.kappa) / (negatives * C.vmf_mean_exp(cfg.n, cfg.kappa)))
+                  if cfg.self_pair else 0.0)
+        return C.theorem1_limit(cfg.n, cfg.kappa) + np.log(negatives) + excess
     return None
 
 

@@ -25,16 +25,20 @@ def random_orthogonal(n, generator):
 # Gradients: autograd against central finite differences, float64
 # ----------------------------------------------------------------------------
 
-GRADIENT_CASES = [  # (head, p, learn_radius)
-    ("sphere", None, False),
-    ("sphere", None, True),
-    ("sphere", 1, False),
-    ("box", 1, False),
-    ("box", 2, False),
-    ("none", 1, False),
-    ("none", 2, False),
-    ("none", 3, False),
-    ("none", 1.5, False),
+GRADIENT_CASES = [  # (head, p, learn_radius, self_pair)
+    ("sphere", None, False, False),
+    ("sphere", None, True, False),
+    ("sphere", None, True, True),
+    ("sphere", 1, False, False),
+    ("box", 1, False, False),
+    ("box", 2, False, False),
+    ("none", 1, False, False),
+    ("none", 1, False, True),
+    ("none", 2, False, False),
+    ("none", 2, False, True),
+    ("none", 3, False, False),
+    ("none", 3, False, True),
+    ("none", 1.5, False, False),
 ]
 
 
@@ -47,13 +51,13 @@ def finite_difference_gradient(f, flat, eps=1e-5):
     return grad
 
 
-@pytest.mark.parametrize("head,p,learn_radius", GRADIENT_CASES)
-def test_autograd_gradient_equals_finite_differences(head, p, learn_radius):
+@pytest.mark.parametrize("head,p,learn_radius,self_pair", GRADIENT_CASES)
+def test_autograd_gradient_equals_finite_differences(head, p, learn_radius, self_pair):
     from autograd import grad
     from autograd.misc import flatten
     g = rng(1)
     cfg = C.Config(n=3, widths=(5, 4), head=head, p=p, tau=0.5, radius=1.3,
-                   learn_radius=learn_radius, dtype="float64")
+                   learn_radius=learn_radius, self_pair=self_pair, dtype="float64")
     params = C.init_encoder(3, cfg.widths, head, g, "float64", 1.3, learn_radius)
     x, x_tilde = g.standard_normal((6, 3)), g.standard_normal((6, 3))
     flat, unflatten = flatten(params)
@@ -64,7 +68,8 @@ def test_autograd_gradient_equals_finite_differences(head, p, learn_radius):
     auto = flatten(grad(C.contrastive_objective)(params, x, x_tilde, cfg))[0]
     numeric = finite_difference_gradient(loss, flat)
     rel = np.linalg.norm(auto - numeric) / np.linalg.norm(numeric)
-    assert rel <= 1e-6, f"head={head} p={p}: autograd vs finite differences relative error {rel:.2e}"
+    assert rel <= 1e-6, (f"head={head} p={p} self_pair={self_pair}: autograd vs finite "
+                         f"differences relative error {rel:.2e}")
 
 
 def test_supervised_gradient_equals_finite_differences():
@@ -280,19 +285,17 @@ def test_linear_assignment_matches_scipy_when_available():
 # Losses
 # ----------------------------------------------------------------------------
 
-def infonce_double_loop(h, h_tilde, tau, p):
+def infonce_double_loop(h, h_tilde, tau, p, self_pair=False):
     """The loss of README §5 written out sample by sample."""
+    def s(a, b):
+        return float(np.dot(a, b)) if p is None else -float(np.sum(np.abs(a - b) ** p))
+
     total = 0.0
     for i in range(len(h)):
-        scores = []
-        for j in range(len(h)):
-            if p is None:
-                s = float(np.dot(h[j], h_tilde[i]))
-            else:
-                s = -float(np.sum(np.abs(h[j] - h_tilde[i]) ** p))
-            scores.append(s / tau)
-        top = max(scores)
-        total += -scores[i] + top + math.log(sum(math.exp(s - top) for s in scores))
+        scores = [s(h[j], h_tilde[i]) / tau for j in range(len(h))]
+        terms = scores + ([s(h[i], h[i]) / tau] if self_pair else [])
+        top = max(terms)
+        total += -scores[i] + top + math.log(sum(math.exp(t - top) for t in terms))
     return total / len(h)
 
 
@@ -329,6 +332,42 @@ def test_l1_gradient_at_ties_uses_sign_zero():
     got_h, got_h_tilde = grad(C.infonce, 0)(h, h_tilde, tau, 1), grad(C.infonce, 1)(h, h_tilde, tau, 1)
     assert np.allclose(got_h, want_h, atol=1e-12), f"grad h at ties:\n{got_h}\nloop:\n{want_h}"
     assert np.allclose(got_h_tilde, want_h_tilde, atol=1e-12), "grad h_tilde at ties differs from the loop"
+
+
+@pytest.mark.parametrize("p", [None, 1, 2, 3])
+def test_infonce_with_self_pair_equals_double_loop(p):
+    g = rng(23)
+    h, h_tilde = 1.7 * g.standard_normal((13, 4)), 1.7 * g.standard_normal((13, 4))
+    got, want = C.infonce(h, h_tilde, 0.4, p, self_pair=True), infonce_double_loop(h, h_tilde, 0.4, p, True)
+    assert got == pytest.approx(want, abs=1e-12, rel=1e-12), f"p={p}: {got} vs loop {want}"
+    assert got > C.infonce(h, h_tilde, 0.4, p), "the self pair did not add to the loss"
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_self_pair_stops_inflated_outputs_from_lowering_the_loss(p):
+    """README §5: with an unnormalised head, once every positive is nearest to its
+    anchor, scaling the outputs by c drives the loss to 0; with the self pair the
+    loss stays >= mean_i -S[i, i], which grows with c."""
+    g = rng(24)
+    h = g.standard_normal((64, 5))
+    h_tilde = h + 0.01 * g.standard_normal((64, 5))
+    plain = [C.infonce(c * h, c * h_tilde, 1.0, p) for c in (1, 10, 100)]
+    paired = [C.infonce(c * h, c * h_tilde, 1.0, p, self_pair=True) for c in (1, 10, 100)]
+    floors = [C.alignment(c * h, c * h_tilde, 1.0, p) for c in (1, 10, 100)]  # mean_i -S[i, i]
+    assert plain[0] > 0.1 and max(plain[1:]) < 1e-3 and plain[2] < 1e-6, f"without the self pair: {plain}"
+    assert all(v >= floor - 1e-12 for v, floor in zip(paired, floors)), f"{paired} below {floors}"
+    assert paired[2] > paired[0], f"with the self pair, inflating the outputs lowered the loss: {paired}"
+
+
+def test_self_pair_excess_over_theorem1_matches_its_estimate():
+    """On the sphere (r = 1, tau = 1/kappa) the self pair adds exp(kappa) to each
+    row: the finite-batch value rises by about log(1 + e^kappa / ((B-1) m))."""
+    g = rng(25)
+    n, kappa, batch = 10, 10.0, 8192
+    z, z_tilde = C.sample_pairs(C.Config(n=n, kappa=kappa), batch, g)
+    excess = C.infonce(z, z_tilde, 1 / kappa, self_pair=True) - C.infonce(z, z_tilde, 1 / kappa)
+    estimate = math.log(1 + math.exp(kappa) / ((batch - 1) * C.vmf_mean_exp(n, kappa)))
+    assert excess == pytest.approx(estimate, rel=0.1), f"excess {excess:.4f}, estimate {estimate:.4f}"
 
 
 def test_infonce_is_stable_for_large_similarities():
@@ -677,9 +716,9 @@ def clref_outputs(case):
     fn, args = case["function"], case["args"]
     a = {k: (np.array(v) if isinstance(v, list) else v) for k, v in args.items()}
     if fn == "infonce":
-        h, h_tilde, tau, p = a["h"], a["h_tilde"], a["tau"], a["p"]
-        return {"value": C.infonce(h, h_tilde, tau, p), "grad_h": grad(C.infonce, 0)(h, h_tilde, tau, p),
-                "grad_h_tilde": grad(C.infonce, 1)(h, h_tilde, tau, p)}
+        call = (a["h"], a["h_tilde"], a["tau"], a["p"], a.get("self_pair", False))
+        return {"value": C.infonce(*call), "grad_h": grad(C.infonce, 0)(*call),
+                "grad_h_tilde": grad(C.infonce, 1)(*call)}
     if fn in ("alignment", "uniformity"):
         return {"value": getattr(C, fn)(a["h"], a["h_tilde"], a["tau"], a["p"])}
     if fn == "linear_r2":

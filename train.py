@@ -721,7 +721,7 @@ def widths_value(text):
 OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "steps", "batch_size",
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
-             "learn_radius", "radius", "cond_quantile")
+             "learn_radius", "radius", "cond_quantile", "self_pair")
 
 
 def make_parser():
@@ -779,8 +779,22 @@ def make_parser():
     model.add_argument("--head", help="sphere, box or none")
     model.add_argument("--widths", type=widths_value, help="hidden widths, e.g. 128,128,128,128")
     model.add_argument("--radius", type=float, help="sphere head radius")
-    model.add_argument("--learn-radius", action="store_true", help="learn the sphere head's radius")
+    model.add_argument("--learn-radius", action=argparse.BooleanOptionalAction,
+                       help="learn the sphere head's radius")
+    model.add_argument("--self-pair", action=argparse.BooleanOptionalAction,
+                       help="add the anchor paired with itself to every row of the loss (README §5)")
     return parser
+
+
+def describe_recipe(cfg):
+    """'12000 steps, batch 512, widths 128x4, lr 0.003 -> 1e-05, self pair'."""
+    widths = (f"{cfg.widths[0]}x{len(cfg.widths)}" if len(set(cfg.widths)) == 1
+              else "-".join(map(str, cfg.widths)))
+    schedule = f"lr {cfg.lr:g}" + (f" -> {cfg.lr_final:g}" if cfg.lr_final is not None else "")
+    extras = [name for name, on in (("self pair", cfg.self_pair), ("learned radius", cfg.learn_radius))
+              if on]
+    return ", ".join([f"{cfg.steps} steps", f"batch {cfg.batch_size}", f"widths {widths}", schedule,
+                      *extras])
 
 
 def list_presets():
@@ -788,8 +802,7 @@ def list_presets():
     for name, preset in PRESETS.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {preset.setting}{mark}\n{'':<{width}}  expect: {preset.expect} "
-              f"[{describe_bars(preset)}]; {preset.config.steps} steps, batch "
-              f"{preset.config.batch_size}")
+              f"[{describe_bars(preset)}]\n{'':<{width}}  recipe: {describe_recipe(preset.config)}")
 
 
 def check_writable(directory):

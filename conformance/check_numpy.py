@@ -22,16 +22,23 @@ def similarity(h, h_tilde, tau, p):
     return -np.sum(np.abs(h_tilde[:, None, :] - h[None, :, :]) ** p, axis=2) / tau
 
 
-def infonce_with_grads(h, h_tilde, tau, p):
-    """Mean over rows of -S[i, i] + logsumexp_j S[i, j], and its gradients by hand."""
+def infonce_with_grads(h, h_tilde, tau, p, self_pair=False):
+    """Mean over rows of -S[i, i] + logsumexp_j S[i, j], and its gradients by hand.
+    With self_pair, row i's log-sum-exp has one more entry, c_i = s(h_i, h_i) / tau."""
     s = similarity(h, h_tilde, tau, p)
-    top = s.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
     b = len(h)
+    c = (np.sum(h * h, axis=1) / tau if p is None else np.zeros(b)) if self_pair else None
+    rows = s if c is None else np.hstack([s, c[:, None]])
+    top = rows.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
     value = np.mean(lse - np.diag(s))
-    g = (np.exp(s - lse[:, None]) - np.eye(b)) / b          # dLoss/dS
+    weights = np.exp(rows - lse[:, None]) / b                # softmax over each row, / B
+    g = weights[:, :b] - np.eye(b) / b                       # dLoss/dS
     if p is None:
-        return value, g.T @ h_tilde / tau, g @ h / tau
+        grad_h, grad_h_tilde = g.T @ h_tilde / tau, g @ h / tau
+        if c is not None:                                    # dc_i/dh_i = 2 h_i / tau
+            grad_h = grad_h + weights[:, b:] * 2 * h / tau
+        return value, grad_h, grad_h_tilde
     d = h_tilde[:, None, :] - h[None, :, :]                  # d[i, j, k]
     ds = p * np.abs(d) ** (p - 1) * np.sign(d) / tau          # dS[i, j]/dh[j, k] (sign flips for h_tilde)
     return value, np.einsum("ij,ijk->jk", g, ds), -np.einsum("ij,ijk->ik", g, ds)
@@ -67,7 +74,8 @@ def check(case, dtype=np.float64):
     a = {k: (np.array(v, dtype=dtype) if isinstance(v, list) else v) for k, v in args.items()}
     if fn == "infonce":
         tau = dtype(a["tau"])
-        value, grad_h, grad_h_tilde = infonce_with_grads(a["h"], a["h_tilde"], tau, a["p"])
+        value, grad_h, grad_h_tilde = infonce_with_grads(a["h"], a["h_tilde"], tau, a["p"],
+                                                         a.get("self_pair", False))
         return (close(value, want["value"], tol) and close(grad_h, want["grad_h"], tol)
                 and close(grad_h_tilde, want["grad_h_tilde"], tol))
     if fn == "linear_r2":

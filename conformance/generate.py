@@ -15,7 +15,7 @@ from autograd import grad
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import clref as C  # noqa: E402
 
-VERSION = 1
+VERSION = 2                            # 2: infonce cases may carry self_pair
 EXACT = {"abs": 1e-12, "rel": 1e-12}   # float64 ports; PORTING.md gives float32 tolerances
 
 
@@ -39,6 +39,25 @@ def infonce_cases(rng):
                                  "grad_h": as_list(grad(C.infonce, 0)(h, h_tilde, tau, p)),
                                  "grad_h_tilde": as_list(grad(C.infonce, 1)(h, h_tilde, tau, p))},
                     "tolerance": EXACT})
+    return cases
+
+
+def self_pair_cases(rng):
+    """infonce with the self pair: each row's log-sum-exp also holds s(h_i, h_i) / tau."""
+    cases = []
+    for p in (None, 1, 2, 3):
+        for batch, dim in ((5, 2), (12, 4)):
+            h, h_tilde = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
+            if p is None:
+                h, h_tilde = 1.5 * C.normalize(h), 1.5 * C.normalize(h_tilde)
+            args = (h, h_tilde, 0.5, p, True)
+            cases.append({
+                "function": "infonce",
+                "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "tau": 0.5, "p": p,
+                         "self_pair": True},
+                "expected": {"value": C.infonce(*args), "grad_h": as_list(grad(C.infonce, 0)(*args)),
+                             "grad_h_tilde": as_list(grad(C.infonce, 1)(*args))},
+                "tolerance": EXACT, "note": "with the self pair"})
     return cases
 
 
@@ -141,7 +160,8 @@ def sampler_cases():
 def build():
     rng = np.random.default_rng(20210216)
     cases = (infonce_cases(rng) + alignment_uniformity_cases(rng) + metric_cases(rng)
-             + assignment_cases(rng) + mixing_encoder_cases(rng) + sampler_cases())
+             + assignment_cases(rng) + mixing_encoder_cases(rng) + sampler_cases()
+             + self_pair_cases(np.random.default_rng(20260301)))
     return {"version": VERSION, "generator": "python conformance/generate.py", "cases": cases}
 
 
