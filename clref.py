@@ -70,7 +70,8 @@ class Config:
     # evaluation and baselines (README §6)
     eval_every: int = 100          # steps between evaluations / checkpoints
     eval_size: int = 4096          # fresh samples to fit the linear map, as many to score it
-    supervised_steps: int = 0      # steps of the supervised baseline (0: skip it)
+    supervised_steps: int = 0      # steps of the supervised baseline (0: skip it; None: as
+                                   # many as the run, with its schedule)
 
     def replace(self, **changes):
         return Config(**{**asdict(self), **changes})
@@ -118,6 +119,8 @@ def check_config(cfg):
                       ("steps", 0), ("warmup", 0), ("seed", 0), ("eval_every", 1),
                       ("eval_size", 16), ("supervised_steps", 0)]:
         value = getattr(cfg, name)
+        if name == "supervised_steps" and value is None:
+            continue
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not 0 <= cfg.cond_quantile <= 1:
@@ -128,6 +131,13 @@ def check_config(cfg):
 # ----------------------------------------------------------------------------
 # Latent samplers (README §2). Every sampler takes an explicit Generator.
 # ----------------------------------------------------------------------------
+
+def run_generators(seed):
+    """Four independent generators from one seed, for (mixing, encoder
+    initialisation), the training stream, the evaluation sets and the supervised
+    baseline: changing how one is used leaves the others' numbers as they were."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+
 
 def normalize(z):
     """(B, N) -> (B, N): rows projected onto the unit sphere, z / ||z||_2."""
@@ -290,6 +300,11 @@ def mix(mixing, z):
             x = leaky_relu(x, MIXING_SLOPE)
         x = x @ w.T
     return x
+
+
+def observe(cfg, mixing, z):
+    """(B, N) latents -> (B, N) observations x = g(z) in the experiment's dtype."""
+    return mix(mixing, z).astype(cfg.dtype)
 
 
 def unmix(mixing, x):
@@ -752,6 +767,19 @@ def orthogonality_gap(z, h):
     return float(np.sqrt(np.mean((s - 1.0) ** 2)))
 
 
+def evaluation_sets(cfg, mixing, rng):
+    """Fresh (z, x) to fit the linear map and fresh (z, x) to score it, each of
+    cfg.eval_size samples of p(z)."""
+    z_fit, z_eval = (sample_marginal(cfg, cfg.eval_size, rng) for _ in range(2))
+    return z_fit, observe(cfg, mixing, z_fit), z_eval, observe(cfg, mixing, z_eval)
+
+
+def held_out_scores(z_fit, h_fit, z_eval, h_eval):
+    """{"r2", "mcc"}: linear R² fitted on the first set and scored on the second,
+    and the MCC of the second (README §6)."""
+    return {"r2": linear_r2(z_fit, h_fit, z_eval, h_eval), "mcc": mcc(z_eval, h_eval)}
+
+
 # ----------------------------------------------------------------------------
 # Objectives, optimiser and one training step
 # ----------------------------------------------------------------------------
@@ -788,6 +816,29 @@ def with_leaves(params, leaves):
     if isinstance(params, (list, tuple)):
         return type(params)(with_leaves(item, leaves) for item in params)
     return next(leaves)
+
+
+def to_vector(arrays):
+    """One vector holding the arrays in order (the layout of a checkpoint)."""
+    return np.concatenate([np.ravel(a) for a in arrays])
+
+
+def from_vector(vector, like):
+    """Arrays shaped like the arrays `like`, cut from `vector` in order."""
+    ends = np.cumsum([np.size(a) for a in like])
+    return [piece.reshape(np.shape(a)) for piece, a in zip(np.split(vector, ends[:-1]), like)]
+
+
+def encoder_from_vector(cfg, vector):
+    """The encoder parameters of `cfg` whose leaves, in order, make up `vector`;
+    ValueError if the vector has another length."""
+    template = init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype,
+                            cfg.radius, cfg.learn_radius)
+    leaves = parameter_leaves(template)
+    if np.size(vector) != sum(a.size for a in leaves):
+        raise ValueError(f"{np.size(vector)} numbers do not fit the encoder of this "
+                         f"configuration ({sum(a.size for a in leaves)} parameters)")
+    return with_leaves(template, iter(from_vector(np.asarray(vector, dtype=cfg.dtype), leaves)))
 
 
 def adam_init(params):

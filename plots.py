@@ -2,9 +2,13 @@
 
 python plots.py RUN_DIR          # curves.png, latents.png, correlations.png in RUN_DIR
 python plots.py --grid results/  # grid.png from results/grid.csv
+
+Everything is read from the files of a run directory or a results directory
+(README "Files"); this module imports clref and matplotlib, not train.
 """
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -15,7 +19,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import clref as C  # noqa: E402
-import train  # noqa: E402
 
 DPI = 120
 
@@ -30,24 +33,39 @@ def setting_title(cfg, steps=None):
 
 
 def save(fig, path):
-    """Save a figure atomically as PNG."""
-    train.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    plt.close(fig)
+    """Save a figure as PNG through a temporary file and a rename, so an interrupted
+    save leaves the old figure or the new one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
 def read_log(run_dir):
+    """log.csv as {column: array}."""
     with open(os.path.join(run_dir, "log.csv")) as f:
         rows = list(csv.DictReader(f))
-    return {key: np.array([float(r[key]) for r in rows]) for key in train.LOG_COLUMNS}
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
 def load_run(run_dir):
-    """(preset, cfg, state, sets) of a finished or interrupted run."""
-    preset, cfg = train.read_run_config(run_dir)
-    state = train.load_checkpoint(run_dir, cfg)
-    sets = train.evaluation_sets(cfg, state["mixing"], train.generators(cfg.seed)[2])
-    return preset, cfg, state, sets
+    """(cfg, params, steps, sets) of a finished or interrupted run, from its
+    config.json and checkpoint.npz; the evaluation sets are drawn again from the
+    run's seed, as training drew them."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    saved.pop("preset", None)
+    cfg = C.Config.from_dict(saved)
+    with np.load(os.path.join(run_dir, "checkpoint.npz")) as data:
+        params = C.encoder_from_vector(cfg, data["params"])
+        mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
+        steps = int(data["step"])
+    return cfg, params, steps, C.evaluation_sets(cfg, mixing, C.run_generators(cfg.seed)[2])
 
 
 def ideal_loss(cfg):
@@ -127,11 +145,9 @@ def plot_correlations(run_dir, cfg, x_eval, h_eval, z_eval, steps):
 
 def plot_run(run_dir):
     """Draw curves.png, latents.png and correlations.png into run_dir; returns the paths."""
-    preset, cfg, state, sets = load_run(run_dir)
-    z_fit, x_fit, z_eval, x_eval = sets
-    h_fit, h_eval = (C.encode(state["params"], x, cfg.head, cfg.radius) for x in (x_fit, x_eval))
-    steps = state["step"]
-    identity = train.scores(z_fit, x_fit, z_eval, x_eval)
+    cfg, params, steps, (z_fit, x_fit, z_eval, x_eval) = load_run(run_dir)
+    h_fit, h_eval = (C.encode(params, x, cfg.head, cfg.radius) for x in (x_fit, x_eval))
+    identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     return [plot_curves(run_dir, cfg, read_log(run_dir), identity),
             plot_latents(run_dir, cfg, z_fit, h_fit, z_eval, h_eval, steps),
             plot_correlations(run_dir, cfg, x_eval, h_eval, z_eval, steps)]
@@ -142,43 +158,72 @@ def read_grid(results_dir):
         return list(csv.DictReader(f))
 
 
+def parse_bars(text):
+    """'r2 >= 0.99 and mcc < 0.95' -> [("r2", ">=", 0.99), ("mcc", "<", 0.95)]."""
+    bars = []
+    for part in (text or "").split(" and "):
+        if part.strip():
+            metric, op, value = part.split()
+            bars.append((metric, op, float(value)))
+    return bars
+
+
+GRID_KINDS = [("identity x = g(z)", "identity_", "tab:gray", "s"),
+              ("supervised", "supervised_", "tab:green", "^"),
+              ("contrastive", "", "tab:blue", "o")]
+SHORTFALL_FLOOR = 1e-4      # 1 - score is drawn no lower than this on the log axis
+
+
 def plot_grid(results_dir):
-    """grid.png: per preset, identity / supervised / contrastive R² and MCC (mean ±
-    std over seeds) and a marker at each bar the preset must reach or stay under."""
+    """grid.png: per preset, 1 - R² and 1 - MCC on a log axis (so 0.99 and 0.996 are
+    far apart) for the identity, supervised and contrastive encoders: each seed a
+    dot, the mean a marker. Red ticks mark each bar, read from grid.csv's bars
+    column: the contrastive marker must lie left of a '|' and right of an 'x'."""
     rows = read_grid(results_dir)
-    names = [name for name in train.PRESETS if any(r["preset"] == name for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(names) + 2.6), sharey=True,
+    names = list(dict.fromkeys(r["preset"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2.6), sharey=True,
                              layout="constrained")
-    kinds = [("identity", "identity_", "tab:gray"), ("supervised", "supervised_", "tab:green"),
-             ("contrastive", "", "tab:blue")]
     y = np.arange(len(names))
+    scores = [float(r[key]) for r in rows for key in r
+              if key.endswith(("r2", "mcc")) and r[key] not in (None, "", "nan")]
+    lowest = max(SHORTFALL_FLOOR, 10 ** np.floor(np.log10(max(1.0 - max(scores, default=0.0),
+                                                              SHORTFALL_FLOOR))))
     for ax, metric in zip(axes, ("r2", "mcc")):
-        for k, (label, prefix, color) in enumerate(kinds):
-            means, stds = [], []
-            for name in names:
+        for k, (label, prefix, color, marker) in enumerate(GRID_KINDS):
+            offset = (k - 1) * 0.25
+            for row, name in enumerate(names):
                 values = [float(r[prefix + metric]) for r in rows
                           if r["preset"] == name and r.get(prefix + metric) not in (None, "")]
-                means.append(np.mean(values) if values else np.nan)
-                stds.append(np.std(values) if values else 0.0)
-            ax.barh(y + (k - 1) * 0.27, means, height=0.27, xerr=stds, color=color, label=label,
-                    error_kw={"lw": 0.8})
+                shortfall = np.maximum(1.0 - np.array(values), SHORTFALL_FLOOR)
+                if not len(values):
+                    continue
+                ax.scatter(shortfall, np.full(len(values), row + offset), s=8, color=color, alpha=0.5)
+                ax.scatter([np.mean(shortfall)], [row + offset], s=40, color=color, marker=marker,
+                           label=label if row == 0 else None, edgecolor="k", linewidth=0.4)
         for row, name in enumerate(names):
-            for bar_metric, op, value in train.PRESETS[name].bars:
+            bars = parse_bars(next((r.get("bars") for r in rows if r["preset"] == name), ""))
+            for bar_metric, op, value in bars:
                 if bar_metric == metric:
-                    ax.plot(value, row, marker="|" if op == ">=" else "x", color="red",
-                            markersize=14, mew=2)
-        ax.set(xlim=(0, 1.05), xlabel="held-out linear R²" if metric == "r2" else "MCC",
-               title=("R²" if metric == "r2" else "MCC") + "  (red |: must reach, red x: must stay below)")
-        ax.grid(axis="x", alpha=0.3)
+                    ax.plot(1.0 - value, row, marker="|" if op == ">=" else "x", color="red",
+                            markersize=16, mew=2)
+        ax.set_xscale("log")
+        ax.set(xlim=(lowest * 0.7, 1.2),
+               xlabel=("1 - held-out linear R²" if metric == "r2" else "1 - MCC")
+               + "  (log scale; left is better)",
+               title=("R²" if metric == "r2" else "MCC")
+               + "  (red |: must lie left of it, red x: must lie right of it)")
+        ax.grid(axis="x", which="both", alpha=0.3)
+        for row in y[1::2]:
+            ax.axhspan(row - 0.5, row + 0.5, color="0.95", zorder=0)
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(names, fontsize=8)
-    axes[0].invert_yaxis()
+    axes[0].set_ylim(len(names) - 0.5, -0.5)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9)
     seeds = len({r["seed"] for r in rows})
     dims = sorted({r.get("n") or "?" for r in rows})
-    fig.suptitle(f"synthetic grid, N={'/'.join(dims)}, held-out scores, mean ± std over "
-                 f"{seeds} seed(s)", fontsize=10)
+    fig.suptitle(f"synthetic grid, N={'/'.join(dims)}, held-out scores of {seeds} seed(s): "
+                 f"small dots are seeds, large markers their mean", fontsize=10)
     return save(fig, os.path.join(results_dir, "grid.png"))
 
 

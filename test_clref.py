@@ -615,6 +615,8 @@ def run_cli(args, cwd):
     (["--preset", "box_laplace_l1", "--conditional", "vmf"], "vmf"),
     (["--preset", "unbounded_normal_l2", "--marginal", "uniform"], "uniform"), (["--widths", "8,x"], "widths"),
     (["--resume"], "no checkpoint"), (["--out", "a_file/run"], "a_file"),
+    (["--grid", "--shard", "3/2"], "3/2"), (["--grid", "--shard", "-1/4"], "-1/4"),
+    (["--grid", "--shard", "a/b"], "a/b"), (["--shard", "0/2"], "--grid"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, named):
     (tmp_path / "a_file").write_text("x")
@@ -639,6 +641,141 @@ def test_cli_list_names_every_preset(tmp_path):
     assert result.returncode == 0
     for name in train.PRESETS:
         assert name in result.stdout, f"--list misses {name}"
+
+
+# ----------------------------------------------------------------------------
+# Interrupting a run: SIGINT and SIGTERM keep the work (README "Interrupting")
+# ----------------------------------------------------------------------------
+
+SLOW_TINY = ["--n", "3", "--widths", "8,8", "--batch-size", "32", "--eval-every", "500",
+             "--eval-size", "64", "--supervised-steps", "0", "--no-plots"]
+
+
+def start_cli(args, cwd):
+    import subprocess
+    import sys
+    from pathlib import Path
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "train.py"), *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_after(process, marker, signum):
+    """Send signum once a stdout line contains marker; return (stdout, stderr)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            process.send_signal(signum)
+            break
+    out, err = process.communicate(timeout=120)
+    return "".join(lines) + out, err
+
+
+@pytest.mark.parametrize("signum,code", [(2, 130), (15, 143)])
+def test_interrupted_run_saves_its_step_and_resumes_to_the_same_numbers(tmp_path, signum, code):
+    import json
+    import shlex
+    args = ["--preset", "sphere_vmf_k10", "--steps", "4000", *SLOW_TINY]
+    process = start_cli([*args, "--out", "cut"], tmp_path)
+    out, err = signal_after(process, "step    500/4000", signum)
+    lines = err.strip().splitlines()
+    assert process.returncode == code, f"exit {process.returncode}, stderr {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("interrupted at step "), f"stderr {err!r}"
+    assert "Traceback" not in err and "continue with: python train.py" in lines[0]
+    step = int(lines[0].split()[3])
+    with np.load(tmp_path / "cut" / "checkpoint.npz") as data:
+        assert int(data["step"]) == step, f"checkpoint at {int(data['step'])}, line says {step}"
+    assert 500 <= step < 4000, f"stopped at step {step}"
+    command = shlex.split(lines[0].split("continue with: ", 1)[1])
+    assert command[:2] == ["python", "train.py"] and "--resume" in command
+    assert command[command.index("--seed") + 1] == "0" and "--out" in command, command
+    resumed = run_cli(command[2:], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run_cli([*args, "--out", "whole"], tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    got, want = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cut", "whole"))
+    for key in ("loss", "r2", "mcc"):
+        assert got[key] == want[key], f"resumed {key} {got[key]} != uninterrupted {want[key]}"
+
+
+def test_interrupted_grid_writes_no_table_and_its_resume_matches_a_whole_grid(tmp_path):
+    import shlex
+    grid = ["--grid", "--seeds", "1", "--jobs", "2", "--steps", "800", *SLOW_TINY,
+            "--supervised-steps", "20"]
+    process = start_cli([*grid, "--out", "cut", "--results", "cut-results"], tmp_path)
+    out, err = signal_after(process, "seed 0:", 2)
+    lines = err.strip().splitlines()
+    assert process.returncode == 130, f"exit {process.returncode}, stderr {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("grid interrupted: "), f"stderr {err!r}"
+    assert not (tmp_path / "cut-results" / "grid.csv").exists(), "an interrupted grid wrote grid.csv"
+    command = shlex.split(lines[0].split("continue with: ", 1)[1])
+    assert command[-1] == "--resume", command
+    assert run_cli(command[2:], tmp_path).returncode == 0
+    assert run_cli([*grid, "--out", "whole", "--results", "whole-results"], tmp_path).returncode == 0
+    assert_same_grid(tmp_path / "cut-results", tmp_path / "whole-results")
+
+
+def assert_same_grid(a, b):
+    """The grid.csv files in a and b agree in every column but the times."""
+    rows = []
+    for directory in (a, b):
+        with open(directory / "grid.csv") as f:
+            rows.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
+    assert len(rows[0]) == len(rows[1]) and rows[0] == rows[1], (
+        "the two grids differ:\n" + "\n".join(str(pair) for pair in zip(*rows) if pair[0] != pair[1]))
+
+
+def test_sharded_grid_assembles_the_table_of_an_unsharded_one(tmp_path):
+    grid = ["--grid", "--seeds", "2", "--jobs", "1", "--n", "3", "--steps", "6", "--eval-every", "3",
+            "--eval-size", "64", "--supervised-steps", "4", "--widths", "8,8", "--batch-size", "16",
+            "--no-plots"]
+    for shard in ("0/2", "1/2"):
+        result = run_cli([*grid, "--shard", shard, "--out", "shared", "--results", "shared-results"],
+                         tmp_path)
+        assert result.returncode == 0 and "shard" in result.stdout, result.stderr
+        assert not (tmp_path / "shared-results" / "grid.csv").exists(), "a shard wrote grid.csv"
+    merged = run_cli([*grid, "--resume", "--out", "shared", "--results", "shared-results"], tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    reran = [line for line in merged.stdout.splitlines()
+             if not line.startswith("grid:") and "already finished" not in line]
+    assert not reran, f"assembling the shards ran again: {reran}"
+    assert run_cli([*grid, "--out", "single", "--results", "single-results"], tmp_path).returncode == 0
+    assert_same_grid(tmp_path / "shared-results", tmp_path / "single-results")
+
+
+def test_continue_command_keeps_the_run_options():
+    import train
+    line = train.continue_command(["--steps", "50", "--seed=3", "--resume", "--out", "a b"],
+                                  ["--preset", "box_laplace_l1", "--seed", "3"],
+                                  drop=("--resume", "--preset", "--seed"))
+    assert line == "python train.py --preset box_laplace_l1 --seed 3 --steps 50 --out 'a b' --resume"
+
+
+def test_modules_import_one_way():
+    """clref imports neither train nor plots; plots imports clref, not train."""
+    import subprocess
+    import sys
+    for module, forbidden in (("clref", ("train", "plots")), ("plots", ("train",))):
+        code = f"import sys, {module}; print(sorted(m for m in {forbidden!r} if m in sys.modules))"
+        result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.strip() == "[]", (
+            f"import {module} pulled in {result.stdout.strip()} {result.stderr}")
+
+
+def test_atomic_write_survives_an_interrupt_during_the_write(tmp_path):
+    """A KeyboardInterrupt while a file is written leaves the old file whole."""
+    import train
+    path = tmp_path / "f.json"
+    train.write_json(str(path), {"old": 1})
+
+    def interrupted_write(f):
+        f.write(b'{"new": ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.write_atomic(str(path), interrupted_write)
+    assert path.read_text() == '{\n  "old": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"], "a temporary file was left"
 
 
 # ----------------------------------------------------------------------------

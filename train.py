@@ -6,11 +6,15 @@ python train.py --preset NAME [...]  # one run, with overrides
 python train.py --grid --seeds 3     # every preset, results/grid.csv and grid.md
 """
 import argparse
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -95,7 +99,7 @@ class Preset:
 # the mixing (3 layers, conditioned as in the reference code) are the paper's.
 # The supervised baseline gets a quarter of the steps. Measured: README "Results".
 CPU = C.Config(n=10, widths=(128, 128, 128, 128), batch_size=512, steps=12000, lr=1e-3,
-               lr_final=1e-5, warmup=100, eval_every=500, supervised_steps=3000)
+               lr_final=1e-5, warmup=100, eval_every=500, supervised_steps=None)
 SPHERE = CPU.replace(space="sphere", head="sphere")
 # Noise of 0.05 per coordinate puts a positive about 0.16 rad from its anchor,
 # far closer than any of the 511 negatives. With r = 1 and tau = 1 the scores
@@ -247,21 +251,10 @@ CHECKPOINT = "checkpoint.npz"
 LOG_COLUMNS = ["step", "loss", "r2", "mcc", "seconds"]
 
 
-def flat(arrays):
-    """One vector holding the arrays in order (the checkpoint layout)."""
-    return np.concatenate([np.ravel(a) for a in arrays])
-
-
-def unflat(vector, template):
-    """Arrays shaped like those of `template`, cut from `vector` in order."""
-    ends = np.cumsum([a.size for a in template])
-    return [piece.reshape(a.shape) for piece, a in zip(np.split(vector, ends[:-1]), template)]
-
-
 def save_checkpoint(run_dir, state):
     arrays = {
-        "params": flat(C.parameter_leaves(state["params"])),
-        "adam_m": flat(state["adam"]["m"]), "adam_v": flat(state["adam"]["v"]),
+        "params": C.to_vector(C.parameter_leaves(state["params"])),
+        "adam_m": C.to_vector(state["adam"]["m"]), "adam_v": C.to_vector(state["adam"]["v"]),
         "adam_t": np.array(state["adam"]["t"]), "step": np.array(state["step"]),
         "seconds": np.array(state["seconds"]),
         "rng_state": np.array(json.dumps(state["rng"].bit_generator.state)),
@@ -281,19 +274,15 @@ def load_checkpoint(run_dir, cfg):
     try:
         with np.load(path) as data:
             saved_cfg = C.Config.from_dict(json.loads(str(data["config"])))
-            saved = data["params"]
-            template = C.init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0),
-                                      cfg.dtype, cfg.radius, cfg.learn_radius)
-            leaves = C.parameter_leaves(template)
-            if saved.size != sum(a.size for a in leaves):
-                raise ValueError("it holds parameters of another shape")
+            params = C.encoder_from_vector(cfg, data["params"])
+            leaves = C.parameter_leaves(params)
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(data["rng_state"]))
             mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
             state = {
-                "params": C.with_leaves(template, iter(unflat(saved.astype(cfg.dtype), leaves))),
-                "adam": {"m": unflat(data["adam_m"], leaves), "v": unflat(data["adam_v"], leaves),
-                         "t": int(data["adam_t"])},
+                "params": params,
+                "adam": {"m": C.from_vector(data["adam_m"], leaves),
+                         "v": C.from_vector(data["adam_v"], leaves), "t": int(data["adam_t"])},
                 "step": int(data["step"]), "seconds": float(data["seconds"]), "rng": rng,
                 "log": json.loads(str(data["log"])), "mixing": mixing, "cfg": cfg,
             }
@@ -313,31 +302,53 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def generators(seed):
-    """Independent generators for (mixing + init), the training stream, the
-    evaluation sets and the supervised baseline, all from one seed."""
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the run stopped at the end of a step, saved."""
+
+    def __init__(self, step, steps, phase="training"):
+        super().__init__(f"interrupted at step {step} of {steps}")
+        self.step, self.steps, self.phase = step, steps, phase
 
 
-def observe(cfg, mixing, z):
-    return C.mix(mixing, z).astype(cfg.dtype)
+STOP = {"signum": None, "event": None}   # set by request_stop, read after every step
 
 
-def evaluation_sets(cfg, mixing, rng):
-    """Fresh (z, x) to fit the linear map and fresh (z, x) to score it."""
-    z_fit, z_eval = (C.sample_marginal(cfg, cfg.eval_size, rng) for _ in range(2))
-    return z_fit, observe(cfg, mixing, z_fit), z_eval, observe(cfg, mixing, z_eval)
+def request_stop(signum, frame):
+    """Signal handler: stop after the current step. Repeated signals change nothing,
+    so a second Ctrl-C cannot cut the checkpoint write short; in a grid, the shared
+    event stops every worker."""
+    if STOP["signum"] is None:
+        STOP["signum"] = signum
+    if STOP["event"] is not None:
+        STOP["event"].set()
 
 
-def scores(z_fit, h_fit, z_eval, h_eval):
-    """Held-out linear R² and MCC on the evaluation set (README §6)."""
-    return {"r2": C.linear_r2(z_fit, h_fit, z_eval, h_eval), "mcc": C.mcc(z_eval, h_eval)}
+def stop_requested():
+    return STOP["signum"] is not None or (STOP["event"] is not None and STOP["event"].is_set())
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stopping_on_signals():
+    """Within the block, SIGINT and SIGTERM ask the run to stop after its current
+    step (request_stop) instead of killing it; the previous handlers return after."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    STOP.update(signum=None, event=None)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def evaluate(cfg, params, head, sets):
     z_fit, x_fit, z_eval, x_eval = sets
-    return scores(z_fit, C.encode(params, x_fit, head, cfg.radius),
-                  z_eval, C.encode(params, x_eval, head, cfg.radius))
+    return C.held_out_scores(z_fit, C.encode(params, x_fit, head, cfg.radius),
+                             z_eval, C.encode(params, x_eval, head, cfg.radius))
 
 
 def format_seconds(seconds):
@@ -346,17 +357,18 @@ def format_seconds(seconds):
 
 def contrastive_batch(cfg, mixing, rng):
     z, z_tilde = C.sample_pairs(cfg, cfg.batch_size, rng)
-    return observe(cfg, mixing, z), observe(cfg, mixing, z_tilde)
+    return C.observe(cfg, mixing, z), C.observe(cfg, mixing, z_tilde)
 
 
 def supervised_batch(cfg, mixing, rng):
     z = C.sample_marginal(cfg, cfg.batch_size, rng)
-    return observe(cfg, mixing, z), z.astype(cfg.dtype)
+    return C.observe(cfg, mixing, z), z.astype(cfg.dtype)
 
 
 def train_loop(cfg, state, sets, run_dir, say):
     """Contrastive training from state["step"] to cfg.steps; evaluates, logs and
-    checkpoints every cfg.eval_every steps."""
+    checkpoints every cfg.eval_every steps, and checkpoints the step at which a
+    stop was requested before raising Interrupted."""
     start = time.time() - state["seconds"]
     resumed_at, first_step = time.time(), state["step"]
     while state["step"] < cfg.steps:
@@ -368,8 +380,8 @@ def train_loop(cfg, state, sets, run_dir, say):
             raise NonFiniteLoss(f"loss became {loss} at step {state['step'] + 1}; "
                                 f"the last good checkpoint is step {state['step']}")
         state.update(params=params, adam=adam, step=state["step"] + 1)
+        state["seconds"] = time.time() - start
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            state["seconds"] = time.time() - start
             row = {"step": state["step"], "loss": loss,
                    **evaluate(cfg, params, cfg.head, sets), "seconds": state["seconds"]}
             state["log"].append(row)
@@ -381,34 +393,51 @@ def train_loop(cfg, state, sets, run_dir, say):
             say(f"step {state['step']:>6}/{cfg.steps}  loss {loss:.4f}  r2 {row['r2']:.4f}  "
                 f"mcc {row['mcc']:.4f}  elapsed {format_seconds(state['seconds'])}  "
                 f"eta {format_seconds(eta)}")
+        elif stop_requested() and run_dir:
+            save_checkpoint(run_dir, state)
+        if stop_requested():
+            raise Interrupted(state["step"], cfg.steps)
     return state
 
 
+def supervised_steps(cfg):
+    """Steps of the supervised baseline: the run's own unless cfg.supervised_steps says."""
+    return cfg.steps if cfg.supervised_steps is None else cfg.supervised_steps
+
+
 def supervised_baseline(cfg, mixing, sets, rng, say):
-    """The same encoder trained by regression onto z for cfg.supervised_steps."""
+    """The same encoder trained by regression onto z with the run's batch size and
+    learning-rate schedule, for supervised_steps(cfg) steps: the best this
+    architecture does with the labels contrastive learning never sees."""
+    steps = supervised_steps(cfg)
     params = C.init_encoder(cfg.n, cfg.widths, "none", rng, cfg.dtype,
                             identity_init=cfg.identity_init)
     adam = C.adam_init(params)
-    short = cfg.replace(steps=cfg.supervised_steps)
-    for step in range(cfg.supervised_steps):
+    schedule = cfg.replace(steps=steps)
+    start = time.time()
+    for step in range(steps):
+        if stop_requested():
+            raise Interrupted(step, steps, "the supervised baseline")
         batch = supervised_batch(cfg, mixing, rng)
         _, params, adam = C.train_step(C.supervised_objective, params, adam, batch, cfg,
-                                       C.learning_rate(short, step))
-    result = evaluate(cfg, params, "none", sets)
-    say(f"supervised baseline ({cfg.supervised_steps} steps): r2 {result['r2']:.4f}  "
-        f"mcc {result['mcc']:.4f}")
+                                       C.learning_rate(schedule, step))
+    result = {**evaluate(cfg, params, "none", sets), "steps": steps,
+              "seconds": round(time.time() - start, 2)}
+    say(f"supervised baseline ({steps} steps): r2 {result['r2']:.4f}  mcc {result['mcc']:.4f}")
     return result
 
 
-def run(cfg, run_dir=None, preset=None, resume=False, say=print):
+def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     """Train one configuration; returns the metrics dictionary. With run_dir,
-    writes config.json, log.csv, checkpoint.npz and metrics.json there."""
+    writes config.json, log.csv, checkpoint.npz and metrics.json there. With
+    baseline, also trains the supervised baseline (the grid shares baselines
+    between rows instead)."""
     C.check_config(cfg)
-    init_rng, data_rng, eval_rng, supervised_rng = generators(cfg.seed)
+    init_rng, data_rng, eval_rng, supervised_rng = C.run_generators(cfg.seed)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
                             cfg.learn_radius, cfg.identity_init)
-    sets = evaluation_sets(cfg, mixing, eval_rng)
+    sets = C.evaluation_sets(cfg, mixing, eval_rng)
     if resume:
         state = load_checkpoint(run_dir, cfg)
         say(f"resuming {run_dir} at step {state['step']}")
@@ -420,21 +449,23 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print):
             remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
     z_fit, x_fit, z_eval, x_eval = sets
-    identity = scores(z_fit, x_fit, z_eval, x_eval)
+    identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
     state = train_loop(cfg, state, sets, run_dir, say)
     last = (state["log"][-1] if state["log"]          # no log row when steps = 0
             else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)})
     metrics = {"preset": preset, "seed": cfg.seed, "steps": cfg.steps, "n": cfg.n,
-               "batch_size": cfg.batch_size,
+               "batch_size": cfg.batch_size, "self_pair": cfg.self_pair,
+               "learn_radius": cfg.learn_radius,
                "seconds": round(state["seconds"], 2), "loss": last["loss"], "r2": last["r2"],
                "mcc": last["mcc"], "identity_r2": identity["r2"], "identity_mcc": identity["mcc"]}
-    if cfg.supervised_steps:
+    if baseline and supervised_steps(cfg):
         supervised = supervised_baseline(cfg, mixing, sets, supervised_rng, say)
         metrics.update(supervised_r2=supervised["r2"], supervised_mcc=supervised["mcc"],
-                       supervised_steps=cfg.supervised_steps)
+                       supervised_steps=supervised["steps"])
     if preset in PRESETS:
-        metrics.update(expect=PRESETS[preset].expect, met=bars_met(PRESETS[preset], metrics))
+        metrics.update(expect=PRESETS[preset].expect, bars=describe_bars(PRESETS[preset]),
+                       met=bars_met(PRESETS[preset], metrics))
     if run_dir:
         write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
@@ -453,13 +484,46 @@ def verdict(metrics, preset):
     return f"{word}: {numbers}; theory: {PRESETS[preset].expect} ({describe_bars(PRESETS[preset])})"
 
 
+def continue_command(argv, extra=(), drop=("--resume",)):
+    """The command line that continues an interrupted run or grid: the original
+    arguments without `drop`, then `extra`, then --resume."""
+    kept, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in drop:
+            skip = "=" not in token and name != "--resume"
+        else:
+            kept.append(token)
+    return shlex.join(["python", "train.py", *extra, *kept, "--resume"])
+
+
 # ----------------------------------------------------------------------------
-# The grid
+# The grid: every preset and seed, supervised baselines shared between rows
 # ----------------------------------------------------------------------------
 
 GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2", "identity_mcc",
                 "supervised_r2", "supervised_mcc", "expect", "met", "n", "batch_size",
-                "supervised_steps"]
+                "supervised_steps", "self_pair", "learn_radius", "bars"]
+# what the supervised baseline depends on: p(z), the mixing, the encoder, the schedule
+SUPERVISED_FIELDS = ("space", "n", "box_low", "box_high", "marginal", "marginal_scale",
+                     "marginal_beta", "mixing_layers", "cond_pool", "cond_quantile", "widths",
+                     "identity_init", "batch_size", "steps", "supervised_steps", "lr", "lr_final",
+                     "warmup", "dtype", "seed", "eval_size")
+
+
+def supervised_key(cfg):
+    """The values of SUPERVISED_FIELDS: rows whose keys are equal share one baseline."""
+    key = {name: getattr(cfg, name) for name in SUPERVISED_FIELDS}
+    return {**key, "widths": list(cfg.widths), "supervised_steps": supervised_steps(cfg)}
+
+
+def baseline_dir(out_root, cfg):
+    """runs/supervised-<space>-<marginal>-<hash of the key>-s<seed>."""
+    key = supervised_key(cfg)
+    digest = hashlib.sha1(json.dumps({**key, "seed": None}, sort_keys=True).encode()).hexdigest()
+    return os.path.join(out_root, f"supervised-{cfg.space}-{cfg.marginal}-{digest[:8]}-s{cfg.seed}")
 
 
 def same_config(run_dir, cfg):
@@ -475,16 +539,40 @@ def finished_metrics(run_dir, cfg):
     metrics = read_json(os.path.join(run_dir, "metrics.json"))
     if metrics is None or not same_config(run_dir, cfg):
         return None
-    return {"n": cfg.n, "batch_size": cfg.batch_size, "supervised_steps": cfg.supervised_steps,
-            **metrics, "reused": True}
+    return {"n": cfg.n, "batch_size": cfg.batch_size, "self_pair": cfg.self_pair,
+            "learn_radius": cfg.learn_radius, **metrics, "reused": True}
 
 
-def _grid_job(job):
+def _grid_worker_init(event):
+    STOP["event"] = event
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
+
+
+def _baseline_job(cfg, run_dir, resume):
+    """The supervised baseline of cfg's key, written to run_dir/supervised.json."""
+    path = os.path.join(run_dir, "supervised.json")
+    done = read_json(path) if resume else None
+    if done is not None and done.get("key") == supervised_key(cfg):
+        print(f"supervised baseline {os.path.basename(run_dir)}: already finished", flush=True)
+        return {**done, "reused": True}
+    os.makedirs(run_dir, exist_ok=True)
+    init_rng, _, eval_rng, supervised_rng = C.run_generators(cfg.seed)
+    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
+    sets = C.evaluation_sets(cfg, mixing, eval_rng)
+    result = {"key": supervised_key(cfg),
+              **supervised_baseline(cfg, mixing, sets, supervised_rng, say=lambda line: None)}
+    write_json(path, result)
+    print(f"supervised baseline {os.path.basename(run_dir)}: r2 {result['r2']:.3f}, "
+          f"mcc {result['mcc']:.3f} in {format_seconds(result['seconds'])}", flush=True)
+    return result
+
+
+def _run_job(preset, cfg, run_dir, draw, resume):
     """One run of the grid. With resume, a finished run of the same configuration
     is read back and an interrupted one continues from its checkpoint; a run
     directory written for another configuration is started afresh. A run whose
     loss became non-finite is reported as not met instead of stopping the grid."""
-    preset, cfg, run_dir, draw, resume = job
     done = finished_metrics(run_dir, cfg) if resume else None
     if done is not None:
         print(f"{preset} seed {cfg.seed}: already finished", flush=True)
@@ -492,12 +580,14 @@ def _grid_job(job):
     os.makedirs(run_dir, exist_ok=True)
     can_resume = resume and same_config(run_dir, cfg) and os.path.exists(os.path.join(run_dir, CHECKPOINT))
     try:
-        metrics = run(cfg, run_dir, preset, resume=can_resume, say=lambda line: None)
+        metrics = run(cfg, run_dir, preset, resume=can_resume, say=lambda line: None,
+                      baseline=False)
     except NonFiniteLoss as error:
         print(f"{preset} seed {cfg.seed}: {error}", flush=True)
         return {"preset": preset, "seed": cfg.seed, "steps": cfg.steps, "seconds": float("nan"),
                 "r2": float("nan"), "mcc": float("nan"), "identity_r2": float("nan"),
-                "identity_mcc": float("nan"), "expect": PRESETS[preset].expect, "met": False}
+                "identity_mcc": float("nan"), "expect": PRESETS[preset].expect, "met": False,
+                "bars": describe_bars(PRESETS[preset])}
     if draw:
         import plots
         plots.plot_run(run_dir)
@@ -505,22 +595,143 @@ def _grid_job(job):
     return metrics
 
 
+def _grid_job(job):
+    """Run one job of the grid in a worker; report "skipped" or "interrupted"
+    instead of raising when a stop was requested."""
+    kind, args = job
+    if stop_requested():
+        return {"status": "skipped"}
+    try:
+        result = _baseline_job(*args) if kind == "baseline" else _run_job(*args)
+    except Interrupted:
+        return {"status": "interrupted"}
+    return {"status": "finished", **result}
+
+
+def grid_jobs(args, overrides, out_root):
+    """Every (preset, seed) run and every distinct supervised baseline, as
+    (kind, arguments), the most expensive first (a rough count of the work), in
+    an order that depends only on the presets, the seeds and the overrides."""
+    runs, baselines = [], {}
+    for name, preset in PRESETS.items():
+        for seed in range(args.seeds):
+            cfg = C.check_config(preset.config.replace(**overrides, seed=seed))
+            runs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}")))
+            if supervised_steps(cfg):
+                baselines.setdefault(baseline_dir(out_root, cfg), cfg)
+
+    def work(cfg, loss_cost):
+        return supervised_steps(cfg) * cfg.batch_size if loss_cost is None else \
+            cfg.steps * cfg.batch_size * loss_cost
+
+    jobs = [(work(cfg, None), ("baseline", (cfg, path, args.resume)))
+            for path, cfg in baselines.items()]
+    jobs += [(work(cfg, 2 if cfg.p not in (None, 2) else 1.5),
+              ("run", (name, cfg, path, not args.no_plots, args.resume)))
+             for name, cfg, path in runs]
+    order = sorted(range(len(jobs)), key=lambda k: -jobs[k][0])     # stable for equal work
+    return [jobs[k][1] for k in order], runs, baselines
+
+
+def grid_rows(runs, baselines, results, out_root):
+    """One row per run, in preset order, with its baseline's scores merged in."""
+    by_path = {}
+    for job_args, result in results:
+        by_path[job_args[2] if len(job_args) == 5 else job_args[1]] = result
+    rows = []
+    for name, cfg, path in runs:
+        row = {k: v for k, v in by_path[path].items() if k != "status"}
+        if supervised_steps(cfg):
+            baseline = by_path[baseline_dir(out_root, cfg)]
+            row.update(supervised_r2=baseline["r2"], supervised_mcc=baseline["mcc"],
+                       supervised_steps=baseline["steps"])
+        rows.append({"n": cfg.n, "batch_size": cfg.batch_size, "self_pair": cfg.self_pair,
+                     "learn_radius": cfg.learn_radius, "bars": describe_bars(PRESETS[name]), **row})
+    return rows
+
+
+def run_grid(args, overrides, out_root, results_dir, argv):
+    """Run the grid (or one shard of it); returns the process's exit code."""
+    from multiprocessing import get_context
+    jobs, runs, baselines = grid_jobs(args, overrides, out_root)
+    if args.shard:
+        index, count = args.shard
+        jobs = jobs[index::count]
+    os.makedirs(results_dir, exist_ok=True)
+    start = time.time()
+    context = get_context("spawn")
+    STOP["event"] = context.Event()
+    # the workers start fresh interpreters: share the cores among them, and let them
+    # start with SIGINT and SIGTERM ignored until their own handlers are installed
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        pool = context.Pool(args.jobs, _grid_worker_init, (STOP["event"],))
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
+        try:
+            results = pool.map(_grid_job, jobs, chunksize=1)
+        finally:
+            pool.close()           # not terminate(): the workers take SIGTERM as "stop after
+            pool.join()            # this step", and they are idle once map has returned
+    finally:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    wall = time.time() - start
+    finished = sum(r["status"] == "finished" for r in results)
+    if stop_requested() or finished < len(results):
+        print(f"grid interrupted: {finished} of {len(results)} jobs finished, the others saved "
+              f"where they stopped; continue with: {continue_command(argv)}", file=sys.stderr)
+        return 128 + (STOP["signum"] or signal.SIGTERM)
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {finished} jobs finished in "
+              f"{format_seconds(wall)}; when every shard is done, "
+              f"python train.py --grid --resume --out {out_root} writes the grid's table")
+        return 0
+    rows = grid_rows(runs, baselines, [(job[1], r) for job, r in zip(jobs, results)], out_root)
+    command = "python train.py " + shlex.join(argv)
+    write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
+    write_text(os.path.join(results_dir, "grid.md"),
+               grid_markdown(rows, command, wall, runs[0][1].eval_size, out_root,
+                             [r for job, r in zip(jobs, results) if job[0] == "baseline"]))
+    import plots
+    plots.plot_grid(results_dir)
+    print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
+          f"wrote {results_dir}/grid.csv, grid.md and grid.png in {format_seconds(wall)}")
+    return 0
+
+
 def mean_std(values):
     values = np.asarray(values, dtype=float)
     return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None):
+def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=()):
     reused = sum(bool(r.get("reused")) for r in rows)
     note = (f" ({reused} of {len(rows)} runs had finished in an earlier invocation and were "
             f"reused; their own times are in the seconds column)" if reused else "")
+    trained = [b for b in baselines if not b.get("reused")]
+    shared = (f" The supervised baselines were trained once per distinct {', '.join(SUPERVISED_FIELDS)} "
+              f"({len(baselines)} of them, {len(trained)} trained in this invocation"
+              + (f", {np.mean([b['seconds'] for b in trained]):.0f} s each on average"
+                 if trained else "") + ") and shared by the rows with those values."
+              if baselines else "")
     lines = [f"Command: `{command}`; wall time {format_seconds(wall_seconds)} on this machine{note}.", "",
              f"Scores are held-out (fit on {eval_size} fresh samples, scored on {eval_size} others), "
              "mean ± standard deviation over seeds. Identity: the observations x = g(z) "
-             "themselves. Supervised: the same encoder trained by regression onto z.", "",
+             "themselves. Supervised: the same encoder trained by regression onto z, with the "
+             f"run's batch, step budget and learning-rate schedule.{shared}", "",
              "| preset | expect | bars | seeds met | R² | MCC | identity R² | identity MCC "
-             "| supervised R² | supervised MCC | steps | seconds/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| supervised R² | supervised MCC | steps | self pair | seconds/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, preset in PRESETS.items():
         mine = [r for r in rows if r["preset"] == name]
         if not mine:
@@ -530,6 +741,7 @@ def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None):
         met = sum(bool(r["met"]) for r in mine)
         lines.append(f"| {name} | {preset.expect} | {describe_bars(preset)} | {met}/{len(mine)} | "
                      + " | ".join(cells) + f" | {mine[0]['steps']} | "
+                     f"{'yes' if mine[0].get('self_pair') else 'no'} | "
                      f"{np.mean([r['seconds'] for r in mine]):.0f} |")
     missed = [name for name in PRESETS if any(r["preset"] == name and not r["met"] for r in rows)]
     if missed and out_root:
@@ -559,43 +771,6 @@ def learning_curve_line(name, rows, out_root):
         mcc = np.mean([float(p["mcc"]) for p in picks])
         points.append(f"step {step}: {r2:.3f} / {mcc:.3f}")
     return f"- {name}: " + "; ".join(points)
-
-
-def run_grid(args, overrides, out_root, results_dir):
-    from multiprocessing import get_context
-    jobs = []
-    for name, preset in PRESETS.items():
-        for seed in range(args.seeds):
-            cfg = preset.config.replace(**overrides, seed=seed)
-            C.check_config(cfg)
-            jobs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}"), not args.no_plots,
-                         args.resume))
-    os.makedirs(results_dir, exist_ok=True)
-    start = time.time()
-    # the workers start fresh interpreters: share the cores among them
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-    try:
-        with get_context("spawn").Pool(args.jobs) as pool:
-            rows = pool.map(_grid_job, jobs, chunksize=1)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    wall = time.time() - start
-    command = "python train.py " + " ".join(sys.argv[1:])
-    write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
-    eval_size = jobs[0][1].eval_size           # the same in every run of the grid
-    write_text(os.path.join(results_dir, "grid.md"),
-               grid_markdown(rows, command, wall, eval_size, out_root))
-    import plots
-    plots.plot_grid(results_dir)
-    print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
-          f"wrote {results_dir}/grid.csv and grid.md in {format_seconds(wall)}")
-    return rows
 
 
 # ----------------------------------------------------------------------------
@@ -710,6 +885,10 @@ def p_value(text):
     return float(text)
 
 
+def supervised_steps_value(text):
+    return None if text == "run" else int(text)
+
+
 def widths_value(text):
     try:
         return tuple(int(w) for w in text.split(","))
@@ -739,6 +918,9 @@ def make_parser():
     what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
     what.add_argument("--seeds", type=int, default=3, help="--grid: seeds 0..K-1 per preset")
     what.add_argument("--jobs", type=int, default=1, help="--grid: runs in parallel")
+    what.add_argument("--shard", type=shard_value,
+                      help="--grid: run only the I-th of K shares of the grid's jobs (I/K, "
+                      "0 <= I < K); --grid --resume then writes the table from every shard's runs")
     what.add_argument("--results", default="results", help="--grid: where grid.csv/grid.md go")
     what.add_argument("--out", help="run directory (default runs/<preset>-s<seed>; "
                       "with --grid the parent of the run directories, default runs)")
@@ -758,7 +940,8 @@ def make_parser():
     opt.add_argument("--dtype", help="float32 or float64")
     opt.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints")
     opt.add_argument("--eval-size", type=int, help="samples to fit, and as many to score, the metrics")
-    opt.add_argument("--supervised-steps", type=int, help="steps of the supervised baseline (0: skip)")
+    opt.add_argument("--supervised-steps", type=supervised_steps_value,
+                     help="steps of the supervised baseline (0: skip; 'run': as many as the run)")
     data = parser.add_argument_group("data (README §2-§3)", argument_default=argparse.SUPPRESS)
     data.add_argument("--space", help="sphere, box or unbounded")
     data.add_argument("--marginal", help="p(z): uniform, normal, laplace or gennorm")
@@ -815,9 +998,31 @@ def check_writable(directory):
         raise ValueError(f"output directory {directory!r} is not writable")
 
 
-def main(argv=None):
+def shard_value(text):
+    """'I/K' -> (I, K) with 0 <= I < K."""
     try:
-        args = make_parser().parse_args(argv)
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/K with integers 0 <= I < K, got {text!r}")
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard must be I/K with integers 0 <= I < K, got {text!r}")
+    return index, count
+
+
+def _shard_value_attached(argv):
+    """'--shard', '-1/4' -> '--shard=-1/4', so that argparse reads a value that
+    starts with '-' as the value (and its check names it) rather than an option."""
+    out = list(argv)
+    for k, token in enumerate(argv[:-1]):
+        if token == "--shard":
+            out[k:k + 2] = [f"--shard={argv[k + 1]}", None]
+    return [token for token in out if token is not None]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = make_parser().parse_args(_shard_value_attached(argv))
         if args.list:
             list_presets()
             return 0
@@ -831,6 +1036,8 @@ def main(argv=None):
         if args.bench:
             run_bench()
             return 0
+        if args.shard and not args.grid:
+            raise ValueError("--shard runs a share of the grid; use it with --grid")
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         overrides = {field: getattr(args, field) for field in OVERRIDES if hasattr(args, field)}
@@ -841,8 +1048,8 @@ def main(argv=None):
             out_root = args.out or "runs"
             check_writable(out_root)
             check_writable(args.results)
-            run_grid(args, overrides, out_root, args.results)
-            return 0
+            with stopping_on_signals():
+                return run_grid(args, overrides, out_root, args.results, argv)
         cfg = C.check_config(PRESETS[args.preset].config.replace(**overrides))
         run_dir = args.out or os.path.join("runs", f"{args.preset}-s{cfg.seed}")
         check_writable(run_dir)
@@ -860,10 +1067,18 @@ def main(argv=None):
     say(f"{args.preset}: {PRESETS[args.preset].setting}; N={cfg.n}, {cfg.steps} steps, "
         f"batch {cfg.batch_size}, widths {list(cfg.widths)} -> {run_dir}")
     try:
-        metrics = run(cfg, run_dir, args.preset, resume=args.resume, say=say)
+        with stopping_on_signals():
+            metrics = run(cfg, run_dir, args.preset, resume=args.resume, say=say)
     except NonFiniteLoss as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        where = (f"at step {stop.step} of {stop.steps}" if stop.phase == "training" else
+                 f"in {stop.phase} (its step {stop.step} of {stop.steps}; training is saved)")
+        command = continue_command(argv, ["--preset", args.preset, "--seed", str(cfg.seed)],
+                                   drop=("--resume", "--preset", "--seed"))
+        print(f"interrupted {where}; continue with: {command}", file=sys.stderr)
+        return 128 + STOP["signum"]
     except BaseException:
         if created and not os.listdir(run_dir):
             os.rmdir(run_dir)
