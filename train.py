@@ -598,7 +598,7 @@ def _run_job(preset, cfg, run_dir, draw, resume):
 def _grid_job(job):
     """Run one job of the grid in a worker; report "skipped" or "interrupted"
     instead of raising when a stop was requested."""
-    kind, args = job
+    kind, _, args = job
     if stop_requested():
         return {"status": "skipped"}
     try:
@@ -608,10 +608,18 @@ def _grid_job(job):
     return {"status": "finished", **result}
 
 
+def job_work(kind, cfg):
+    """A rough count of a job's work, so that the grid starts the longest first."""
+    if kind == "baseline":
+        return supervised_steps(cfg) * cfg.batch_size
+    return cfg.steps * cfg.batch_size * (2 if cfg.p not in (None, 2) else 1.5)
+
+
 def grid_jobs(args, overrides, out_root):
-    """Every (preset, seed) run and every distinct supervised baseline, as
-    (kind, arguments), the most expensive first (a rough count of the work), in
-    an order that depends only on the presets, the seeds and the overrides."""
+    """Every (preset, seed) run and every distinct supervised baseline as
+    (kind, directory, arguments), the most work first, in an order that depends
+    only on the presets, the seeds and the overrides; and the runs as
+    (preset, cfg, directory) in preset order."""
     runs, baselines = [], {}
     for name, preset in PRESETS.items():
         for seed in range(args.seeds):
@@ -619,30 +627,22 @@ def grid_jobs(args, overrides, out_root):
             runs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}")))
             if supervised_steps(cfg):
                 baselines.setdefault(baseline_dir(out_root, cfg), cfg)
-
-    def work(cfg, loss_cost):
-        return supervised_steps(cfg) * cfg.batch_size if loss_cost is None else \
-            cfg.steps * cfg.batch_size * loss_cost
-
-    jobs = [(work(cfg, None), ("baseline", (cfg, path, args.resume)))
+    jobs = [(job_work("baseline", cfg), ("baseline", path, (cfg, path, args.resume)))
             for path, cfg in baselines.items()]
-    jobs += [(work(cfg, 2 if cfg.p not in (None, 2) else 1.5),
-              ("run", (name, cfg, path, not args.no_plots, args.resume)))
+    jobs += [(job_work("run", cfg), ("run", path, (name, cfg, path, not args.no_plots, args.resume)))
              for name, cfg, path in runs]
-    order = sorted(range(len(jobs)), key=lambda k: -jobs[k][0])     # stable for equal work
-    return [jobs[k][1] for k in order], runs, baselines
+    jobs.sort(key=lambda job: -job[0])                      # stable for equal work
+    return [job for _, job in jobs], runs
 
 
-def grid_rows(runs, baselines, results, out_root):
-    """One row per run, in preset order, with its baseline's scores merged in."""
-    by_path = {}
-    for job_args, result in results:
-        by_path[job_args[2] if len(job_args) == 5 else job_args[1]] = result
+def grid_rows(runs, results, out_root):
+    """One row per run, in preset order, with its baseline's scores merged in;
+    `results` maps each job's directory to what it returned."""
     rows = []
     for name, cfg, path in runs:
-        row = {k: v for k, v in by_path[path].items() if k != "status"}
+        row = {k: v for k, v in results[path].items() if k != "status"}
         if supervised_steps(cfg):
-            baseline = by_path[baseline_dir(out_root, cfg)]
+            baseline = results[baseline_dir(out_root, cfg)]
             row.update(supervised_r2=baseline["r2"], supervised_mcc=baseline["mcc"],
                        supervised_steps=baseline["steps"])
         rows.append({"n": cfg.n, "batch_size": cfg.batch_size, "self_pair": cfg.self_pair,
@@ -653,7 +653,7 @@ def grid_rows(runs, baselines, results, out_root):
 def run_grid(args, overrides, out_root, results_dir, argv):
     """Run the grid (or one shard of it); returns the process's exit code."""
     from multiprocessing import get_context
-    jobs, runs, baselines = grid_jobs(args, overrides, out_root)
+    jobs, runs = grid_jobs(args, overrides, out_root)
     if args.shard:
         index, count = args.shard
         jobs = jobs[index::count]
@@ -686,17 +686,19 @@ def run_grid(args, overrides, out_root, results_dir, argv):
             else:
                 os.environ[key] = value
     wall = time.time() - start
-    finished = sum(r["status"] == "finished" for r in results)
+    status = [r["status"] for r in results]
+    finished = status.count("finished")
     if stop_requested() or finished < len(results):
-        print(f"grid interrupted: {finished} of {len(results)} jobs finished, the others saved "
-              f"where they stopped; continue with: {continue_command(argv)}", file=sys.stderr)
+        print(f"grid interrupted: {finished} of {len(results)} jobs finished, "
+              f"{status.count('interrupted')} saved where they stopped, {status.count('skipped')} "
+              f"not started; continue with: {continue_command(argv)}", file=sys.stderr)
         return 128 + (STOP["signum"] or signal.SIGTERM)
     if args.shard:
         print(f"shard {args.shard[0]}/{args.shard[1]}: {finished} jobs finished in "
               f"{format_seconds(wall)}; when every shard is done, "
               f"python train.py --grid --resume --out {out_root} writes the grid's table")
         return 0
-    rows = grid_rows(runs, baselines, [(job[1], r) for job, r in zip(jobs, results)], out_root)
+    rows = grid_rows(runs, {job[1]: r for job, r in zip(jobs, results)}, out_root)
     command = "python train.py " + shlex.join(argv)
     write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
     write_text(os.path.join(results_dir, "grid.md"),
