@@ -59,6 +59,7 @@ class Config:
     tau: float = 1.0               # temperature; theory wants tau = 1/kappa on the sphere
     p: float = None                # None: dot-product similarity; p >= 1: -||a-b||_p^p
     self_pair: bool = False        # add the anchor paired with itself to each row (README §5)
+    self_pair_until: int = None    # with self_pair: drop it from this step on (None: never)
     # optimisation
     batch_size: int = 1024
     steps: int = 2000
@@ -123,6 +124,12 @@ def check_config(cfg):
             continue
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if cfg.self_pair_until is not None:
+        if not isinstance(cfg.self_pair_until, (int, np.integer)) or cfg.self_pair_until < 0:
+            raise ValueError(f"self_pair_until must be None or an integer >= 0, "
+                             f"got {cfg.self_pair_until!r}")
+        if not cfg.self_pair:
+            raise ValueError("self_pair_until says when to drop the self pair; it needs self_pair")
     if not 0 <= cfg.cond_quantile <= 1:
         raise ValueError(f"cond_quantile must be in [0, 1], got {cfg.cond_quantile!r}")
     return cfg
@@ -881,6 +888,12 @@ def learning_rate(cfg, step):
         return cfg.lr
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def self_pair_active(cfg, step):
+    """Whether the loss of `step` (0-based) holds the self pair: from the start
+    until cfg.self_pair_until, when it is used as a warm start (README §5)."""
+    return cfg.self_pair and (cfg.self_pair_until is None or step < cfg.self_pair_until)
 
 
 def train_step(objective, params, state, batch, cfg, lr):

@@ -370,6 +370,31 @@ def test_self_pair_excess_over_theorem1_matches_its_estimate():
     assert excess == pytest.approx(estimate, rel=0.1), f"excess {excess:.4f}, estimate {estimate:.4f}"
 
 
+def test_self_pair_until_drops_the_self_pair_at_that_step():
+    cfg = C.Config(self_pair=True, self_pair_until=3)
+    assert [C.self_pair_active(cfg, step) for step in range(5)] == [True, True, True, False, False]
+    assert all(C.self_pair_active(cfg.replace(self_pair_until=None), step) for step in (0, 10 ** 6))
+    assert not C.self_pair_active(C.Config(), 0)
+    with pytest.raises(ValueError, match="needs self_pair"):
+        C.check_config(C.Config(self_pair_until=3))
+
+
+def test_a_run_with_the_self_pair_as_warm_start_trains_the_plain_loss_after_it(tmp_path):
+    """Up to self_pair_until a run matches the run with the self pair throughout
+    (same seed, same batches); after it, it trains another loss."""
+    import train
+    cfg = TINY.replace(steps=20, eval_every=10, supervised_steps=0)
+    logs = {}
+    for name, variant in (("until", cfg.replace(self_pair=True, self_pair_until=10)),
+                          ("always", cfg.replace(self_pair=True))):
+        (tmp_path / name).mkdir()
+        train.run(variant, str(tmp_path / name), "sphere_vmf_k10", say=lambda line: None)
+        with open(tmp_path / name / "log.csv") as f:
+            logs[name] = [(row["loss"], row["r2"], row["mcc"]) for row in csv.DictReader(f)]
+    assert logs["until"][0] == logs["always"][0], "before the switch the run left the self pair's"
+    assert logs["until"][1][0] != logs["always"][1][0], "after the switch the loss is the same"
+
+
 def test_infonce_is_stable_for_large_similarities():
     g = rng(15)
     h = C.normalize(g.standard_normal((8, 3)))
@@ -532,10 +557,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(self_pair=True, self_pair_until=25)],
+                         ids=["plain", "self pair until step 25"])
+def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, cfg):
     import train
     (tmp_path / "whole").mkdir()
-    whole = train.run(TINY, str(tmp_path / "whole"), "sphere_vmf_k10", say=lambda line: None)
+    whole = train.run(cfg, str(tmp_path / "whole"), "sphere_vmf_k10", say=lambda line: None)
 
     def stop_at_20(line):
         if line.startswith("step") and "20/40" in line:
@@ -543,8 +570,8 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path):
 
     (tmp_path / "cut").mkdir()
     with pytest.raises(Interrupt):
-        train.run(TINY, str(tmp_path / "cut"), "sphere_vmf_k10", say=stop_at_20)
-    resumed = train.run(TINY, str(tmp_path / "cut"), "sphere_vmf_k10", resume=True, say=lambda line: None)
+        train.run(cfg, str(tmp_path / "cut"), "sphere_vmf_k10", say=stop_at_20)
+    resumed = train.run(cfg, str(tmp_path / "cut"), "sphere_vmf_k10", resume=True, say=lambda line: None)
     for key in ("loss", "r2", "mcc", "supervised_r2", "identity_r2"):
         assert resumed[key] == whole[key], f"resumed {key} {resumed[key]} != uninterrupted {whole[key]}"
     rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()

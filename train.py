@@ -371,11 +371,13 @@ def train_loop(cfg, state, sets, run_dir, say):
     stop was requested before raising Interrupted."""
     start = time.time() - state["seconds"]
     resumed_at, first_step = time.time(), state["step"]
+    without_self_pair = cfg.replace(self_pair=False, self_pair_until=None)
     while state["step"] < cfg.steps:
         lr = C.learning_rate(cfg, state["step"])
+        loss_cfg = cfg if C.self_pair_active(cfg, state["step"]) else without_self_pair
         batch = contrastive_batch(cfg, state["mixing"], state["rng"])
         loss, params, adam = C.train_step(C.contrastive_objective, state["params"],
-                                          state["adam"], batch, cfg, lr)
+                                          state["adam"], batch, loss_cfg, lr)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss} at step {state['step'] + 1}; "
                                 f"the last good checkpoint is step {state['step']}")
@@ -891,6 +893,10 @@ def supervised_steps_value(text):
     return None if text == "run" else int(text)
 
 
+def optional_int(text):
+    return None if text.lower() == "none" else int(text)
+
+
 def widths_value(text):
     try:
         return tuple(int(w) for w in text.split(","))
@@ -902,7 +908,7 @@ def widths_value(text):
 OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "steps", "batch_size",
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
-             "learn_radius", "radius", "cond_quantile", "self_pair")
+             "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until")
 
 
 def make_parser():
@@ -968,6 +974,8 @@ def make_parser():
                        help="learn the sphere head's radius")
     model.add_argument("--self-pair", action=argparse.BooleanOptionalAction,
                        help="add the anchor paired with itself to every row of the loss (README §5)")
+    model.add_argument("--self-pair-until", type=optional_int,
+                       help="drop the self pair from this step on ('none': keep it to the end)")
     return parser
 
 
@@ -976,7 +984,9 @@ def describe_recipe(cfg):
     widths = (f"{cfg.widths[0]}x{len(cfg.widths)}" if len(set(cfg.widths)) == 1
               else "-".join(map(str, cfg.widths)))
     schedule = f"lr {cfg.lr:g}" + (f" -> {cfg.lr_final:g}" if cfg.lr_final is not None else "")
-    extras = [name for name, on in (("self pair", cfg.self_pair), ("learned radius", cfg.learn_radius))
+    self_pair = ("self pair" if cfg.self_pair_until is None
+                 else f"self pair for the first {cfg.self_pair_until} steps")
+    extras = [name for name, on in ((self_pair, cfg.self_pair), ("learned radius", cfg.learn_radius))
               if on]
     return ", ".join([f"{cfg.steps} steps", f"batch {cfg.batch_size}", f"widths {widths}", schedule,
                       *extras])
