@@ -1,7 +1,8 @@
 """Figures that show the claim at a glance.
 
-python plots.py RUN_DIR          # curves.png, latents.png, correlations.png in RUN_DIR
-python plots.py --grid results/  # grid.png from results/grid.csv
+python plots.py RUN_DIR                      # curves.png, latents.png, correlations.png
+python plots.py --grid results/              # grid.png from results/grid.csv
+python plots.py --compare OUT.png RUN_DIR... # learning curves of several runs, and a table
 
 Everything is read from the files of a run directory or a results directory
 (README "Files"); this module imports clref and matplotlib, not train.
@@ -57,10 +58,7 @@ def load_run(run_dir):
     """(cfg, params, steps, sets) of a finished or interrupted run, from its
     config.json and checkpoint.npz; the evaluation sets are drawn again from the
     run's seed, as training drew them."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    saved.pop("preset", None)
-    cfg = C.Config.from_dict(saved)
+    cfg = read_config(run_dir)
     with np.load(os.path.join(run_dir, "checkpoint.npz")) as data:
         params = C.encoder_from_vector(cfg, data["params"])
         mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
@@ -227,15 +225,67 @@ def plot_grid(results_dir):
     return save(fig, os.path.join(results_dir, "grid.png"))
 
 
+def read_config(run_dir):
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    saved.pop("preset", None)
+    return C.Config.from_dict(saved)
+
+
+def score_at(log, seconds, key="r2"):
+    """The score of the last evaluation at or before `seconds`; None when the run
+    ended before then (or had not been evaluated yet)."""
+    done = np.nonzero(log["seconds"] <= seconds)[0]
+    if not len(done) or log["seconds"][-1] < 0.98 * seconds:
+        return None
+    return float(log[key][done[-1]])
+
+
+def compare_runs(out_path, run_dirs, minutes=(5, 10, 30)):
+    """Draw 1 - held-out R² against pairs seen (log-log) for several runs into
+    out_path, and return a Markdown table: per run, R² after each of `minutes`
+    of training and the pairs seen per second."""
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    lines = ["| run | steps | batch | pairs/s | " + " | ".join(f"R² at {m} min" for m in minutes)
+             + " | final R² |", "|---" * (len(minutes) + 5) + "|"]
+    for run_dir in run_dirs:
+        cfg, log = read_config(run_dir), read_log(run_dir)
+        pairs = log["step"] * cfg.batch_size
+        name = os.path.basename(os.path.normpath(run_dir))
+        ax.plot(pairs, np.maximum(1 - log["r2"], SHORTFALL_FLOOR), label=name)
+        at = [score_at(log, 60 * m) for m in minutes]
+        lines.append(f"| {name} | {int(log['step'][-1])} | {cfg.batch_size} | "
+                     f"{pairs[-1] / log['seconds'][-1]:,.0f} | "
+                     + " | ".join("-" if r is None else f"{r:.4f}" for r in at)
+                     + f" | {log['r2'][-1]:.4f} |")
+    ax.set(xscale="log", yscale="log", xlabel="positive pairs seen", ylabel="1 - held-out linear R²",
+           title="learning curves (log-log)")
+    ax.axhline(0.01, color="red", lw=1, ls="--", label="R² = 0.99")
+    ax.grid(which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, out_path)
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Draw the figures of a run or of the grid.")
-    parser.add_argument("run_dir", nargs="?", help="a run directory written by train.py")
+    parser.add_argument("run_dir", nargs="*", help="a run directory written by train.py")
     parser.add_argument("--grid", metavar="RESULTS_DIR", help="draw grid.png from RESULTS_DIR/grid.csv")
+    parser.add_argument("--compare", metavar="PNG", help="draw the learning curves of the run "
+                        "directories into PNG and print a table of their R² after 5, 10 and 30 min")
     args = parser.parse_args(argv)
     if not args.run_dir and not args.grid:
         parser.error("give a run directory or --grid RESULTS_DIR")
     try:
-        paths = plot_grid(args.grid) if args.grid else plot_run(args.run_dir)
+        if args.compare:
+            print(compare_runs(args.compare, args.run_dir))
+            paths = args.compare
+        elif args.grid:
+            paths = plot_grid(args.grid)
+        elif len(args.run_dir) == 1:
+            paths = plot_run(args.run_dir[0])
+        else:
+            parser.error("give one run directory, or several with --compare PNG")
     except (OSError, ValueError, KeyError) as error:
         print(f"plots.py: error: {error}", file=sys.stderr)
         return 2
