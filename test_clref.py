@@ -702,9 +702,9 @@ def signal_after(process, marker, signum):
 def test_interrupted_run_saves_its_step_and_resumes_to_the_same_numbers(tmp_path, signum, code):
     import json
     import shlex
-    args = ["--preset", "sphere_vmf_k10", "--steps", "4000", *SLOW_TINY]
+    args = ["--preset", "sphere_vmf_k10", "--steps", "2000", *SLOW_TINY]
     process = start_cli([*args, "--out", "cut"], tmp_path)
-    out, err = signal_after(process, "step    500/4000", signum)
+    out, err = signal_after(process, "step    500/2000", signum)
     lines = err.strip().splitlines()
     assert process.returncode == code, f"exit {process.returncode}, stderr {err!r}"
     assert len(lines) == 1 and lines[0].startswith("interrupted at step "), f"stderr {err!r}"
@@ -712,7 +712,7 @@ def test_interrupted_run_saves_its_step_and_resumes_to_the_same_numbers(tmp_path
     step = int(lines[0].split()[3])
     with np.load(tmp_path / "cut" / "checkpoint.npz") as data:
         assert int(data["step"]) == step, f"checkpoint at {int(data['step'])}, line says {step}"
-    assert 500 <= step < 4000, f"stopped at step {step}"
+    assert 500 <= step < 2000, f"stopped at step {step}"
     command = shlex.split(lines[0].split("continue with: ", 1)[1])
     assert command[:2] == ["python", "train.py"] and "--resume" in command
     assert command[command.index("--seed") + 1] == "0" and "--out" in command, command
@@ -727,8 +727,8 @@ def test_interrupted_run_saves_its_step_and_resumes_to_the_same_numbers(tmp_path
 
 def test_interrupted_grid_writes_no_table_and_its_resume_matches_a_whole_grid(tmp_path):
     import shlex
-    grid = ["--grid", "--seeds", "1", "--jobs", "2", "--steps", "800", *SLOW_TINY,
-            "--supervised-steps", "20"]
+    grid = ["--grid", "--seeds", "1", "--jobs", "2", "--steps", "300", *SLOW_TINY,
+            "--eval-every", "100", "--supervised-steps", "20"]
     process = start_cli([*grid, "--out", "cut", "--results", "cut-results"], tmp_path)
     out, err = signal_after(process, "seed 0:", 2)
     lines = err.strip().splitlines()
@@ -753,7 +753,7 @@ def assert_same_grid(a, b):
 
 
 def test_sharded_grid_assembles_the_table_of_an_unsharded_one(tmp_path):
-    grid = ["--grid", "--seeds", "2", "--jobs", "1", "--n", "3", "--steps", "6", "--eval-every", "3",
+    grid = ["--grid", "--seeds", "1", "--jobs", "1", "--n", "3", "--steps", "6", "--eval-every", "3",
             "--eval-size", "64", "--supervised-steps", "4", "--widths", "8,8", "--batch-size", "16",
             "--no-plots"]
     for shard in ("0/2", "1/2"):
