@@ -1,7 +1,7 @@
 """How the cost of clref grows: step time against batch size and N, the default
 row's time to R² >= 0.99 against N, and the default run's peak memory.
 
-python bench/scaling.py [--out results/scaling.md] [--budget-minutes 30] [--skip-runs]
+python bench/scaling.py [--out results/scaling.md] [--budget-minutes 30] [--jobs 2] [--skip-runs]
 
 Writes a Markdown report (results/scaling.md by default). The step timings take a
 few minutes; the training runs take most of the time, each stopping as soon as
@@ -9,10 +9,10 @@ its schedule is done; a schedule twice as long follows only while R² >= 0.99 ha
 not been reached and the longer run fits in the budget.
 """
 import argparse
+import concurrent.futures
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -116,37 +116,55 @@ def first_crossing(run_dir, bar=0.99):
     return None
 
 
-def default_row_runs(work, budget_minutes):
-    """Time of the default preset to R² >= 0.99 at each N: its 12 000-step schedule,
-    then one twice as long while 0.99 has not been reached and it fits the budget."""
-    lines = [f"## Time to held-out R² >= 0.99 of the default row ({train.DEFAULT_PRESET}) against N",
-             "", f"`python train.py --n N --steps S`, every core; runs up to {budget_minutes:g} min.",
-             "", "| N | steps | first evaluation with R² >= 0.99 | seconds to it | final R² | "
-             "seconds of the run |", "|---|---|---|---|---|---|"]
-    for n in DIMENSIONS:
-        steps, seconds = 12000, 0.0
-        while seconds * 2 <= budget_minutes * 60:
-            run_dir = os.path.join(work, f"default-n{n}-{steps}")
-            subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--n", str(n),
-                            "--steps", str(steps), "--out", run_dir, "--quiet", "--no-plots",
-                            "--supervised-steps", "0"], check=True, stdout=subprocess.DEVNULL)
-            with open(os.path.join(run_dir, "metrics.json")) as f:
-                metrics = json.load(f)
-            hit, seconds = first_crossing(run_dir), metrics["seconds"]
-            lines.append(f"| {n} | {steps} | {f'step {hit[0]}' if hit else 'not reached'} | "
-                         f"{f'{hit[1]:.0f}' if hit else '-'} | {metrics['r2']:.4f} | {seconds:.0f} |")
-            print(lines[-1], flush=True)
-            if hit:
-                break
-            steps *= 2
+def train_command(args):
+    return [sys.executable, os.path.join(ROOT, "train.py"), *args]
+
+
+def run_child(args):
+    """Run train.py with args; returns the child's peak resident memory in MB."""
+    child = subprocess.Popen(train_command(args), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, train_command(args))
+    return usage.ru_maxrss / 1024   # kB on Linux
+
+
+def runs_at(n, work, budget_minutes):
+    """Table rows of the default preset at N = n: its 12 000-step schedule, then one
+    twice as long while R² >= 0.99 has not been reached and it fits the budget."""
+    lines, steps, seconds = [], 12000, 0.0
+    while seconds * 2 <= budget_minutes * 60:
+        run_dir = os.path.join(work, f"default-n{n}-{steps}")
+        run_child(["--n", str(n), "--steps", str(steps), "--out", run_dir, "--quiet",
+                   "--no-plots", "--supervised-steps", "0", "--threads", "1"])
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        hit, seconds = first_crossing(run_dir), metrics["seconds"]
+        lines.append(f"| {n} | {steps} | {f'step {hit[0]}' if hit else 'not reached'} | "
+                     f"{f'{hit[1]:.0f}' if hit else '-'} | {metrics['r2']:.4f} | {seconds:.0f} |")
+        print(lines[-1], flush=True)
+        if hit:
+            break
+        steps *= 2
     return lines
 
 
-def peak_memory_of_default_run(work):
-    """Peak resident memory (MB) of `python train.py` with everything at its default."""
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out",
-                    os.path.join(work, "default"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024   # kB on Linux
+def default_row_runs(work, budget_minutes, jobs):
+    """Time of the default preset to R² >= 0.99 at each N, and the peak memory of
+    `python train.py` with everything at its default (its supervised baseline and
+    figures included). One process per core, `jobs` at a time, as the grid runs."""
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        peak = pool.submit(run_child, ["--out", os.path.join(work, "default"), "--quiet"])
+        tables = [pool.submit(runs_at, n, work, budget_minutes) for n in DIMENSIONS]
+        lines = [f"## Time to held-out R² >= 0.99 of the default row ({train.DEFAULT_PRESET}) "
+                 "against N", "", f"`python train.py --n N --steps S --threads 1`, {jobs} runs at a "
+                 f"time on the {os.cpu_count()} cores; runs up to {budget_minutes:g} min.", "",
+                 "| N | steps | first evaluation with R² >= 0.99 | seconds to it | final R² | "
+                 "seconds of the run |", "|---|---|---|---|---|---|"]
+        for table in tables:
+            lines += table.result()
+        return lines, peak.result()
 
 
 def main(argv=None):
@@ -156,6 +174,7 @@ def main(argv=None):
                         help="where the training runs go")
     parser.add_argument("--budget-minutes", type=float, default=30.0,
                         help="longest training run per N")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--skip-runs", action="store_true", help="the step timings only")
     args = parser.parse_args(argv)
     started = time.time()
@@ -165,8 +184,8 @@ def main(argv=None):
              "fixed inputs, float32, one BLAS thread as in the grid (one run per core).", ""]
     lines += timing_tables(threads=1)
     if not args.skip_runs:
-        peak = peak_memory_of_default_run(args.work)   # first: the only child so far
-        lines += [""] + default_row_runs(args.work, args.budget_minutes)
+        table, peak = default_row_runs(args.work, args.budget_minutes, args.jobs)
+        lines += [""] + table
         lines += ["", f"Peak resident memory of `python train.py` (the default run, with its "
                   f"supervised baseline and figures): {peak:.0f} MB."]
     lines += ["", f"The report took {train.format_seconds(time.time() - started)} to make."]
