@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,14 +120,21 @@ def train_command(args):
     return [sys.executable, os.path.join(ROOT, "train.py"), *args]
 
 
+# Started by a small intermediate process: on Linux a child's peak-memory counter
+# starts from its parent's resident size at fork, which here (after the B = 4096
+# timings) would dwarf the run's own.
+MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[2:], "
+           "stdout=subprocess.DEVNULL).returncode; open(sys.argv[1], 'w').write(str("
+           "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)")
+
+
 def run_child(args):
-    """Run train.py with args; returns the child's peak resident memory in MB."""
-    child = subprocess.Popen(train_command(args), stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise subprocess.CalledProcessError(child.returncode, train_command(args))
-    return usage.ru_maxrss / 1024   # kB on Linux
+    """Run train.py with args; returns its peak resident memory in MB."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = os.path.join(scratch, "maxrss")
+        subprocess.run([sys.executable, "-c", MEASURE, report, *train_command(args)], check=True)
+        with open(report) as f:
+            return int(f.read()) / 1024   # kB on Linux
 
 
 def runs_at(n, work, budget_minutes):
