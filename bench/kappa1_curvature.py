@@ -5,7 +5,7 @@ python bench/kappa1_curvature.py [--batch 8192] [--repeats 8]
 On the sphere (N = 10, vMF pairs, tau = 1/kappa, r = 1) the ideal encoder is
 h(z) = z. This perturbs it along a zonal harmonic of degree l,
 h(z) = normalize(z + eps C_l(u.z) w) with C_l the Gegenbauer polynomial of
-index N/2 - 1, u and w fixed orthogonal unit vectors, and the perturbation
+index N/2 - 1, u = e_1 and w = e_2, and the perturbation
 scaled to unit mean square; and prints c_l = (loss(eps) - loss(0)) / eps²,
 the loss's curvature along that error, for kappa = 1 and 10. Every loss is
 computed on the same pairs (common random numbers), averaged over repeats.
@@ -40,13 +40,16 @@ def gegenbauer(l, nu, t):
     return current
 
 
+# Root mean square of C_l(z_1) over the uniform sphere, per degree, estimated once
+# on a fixed large sample.
+REFERENCE = C.sample_uniform_sphere(200000, N, np.random.default_rng(123))
+RMS = {l: np.sqrt(np.mean(gegenbauer(l, N / 2 - 1, REFERENCE[:, 0]) ** 2)) for l in DEGREES}
+
+
 def perturbation(z, l):
-    """C_l(z_1) e_2, scaled to unit mean square over the uniform sphere (estimated
-    on a fixed large sample)."""
-    reference = C.sample_uniform_sphere(200000, N, np.random.default_rng(123))
-    scale = np.sqrt(np.mean(gegenbauer(l, N / 2 - 1, reference[:, 0]) ** 2))
+    """C_l(z_1) e_2, scaled to unit mean square over the uniform sphere."""
     field = np.zeros_like(z)
-    field[:, 1] = gegenbauer(l, N / 2 - 1, z[:, 0]) / scale
+    field[:, 1] = gegenbauer(l, N / 2 - 1, z[:, 0]) / RMS[l]
     return field
 
 
