@@ -65,6 +65,8 @@ class Config:
     steps: int = 2000
     lr: float = 1e-4
     lr_final: float = None         # cosine decay to lr_final; None keeps lr constant
+    lr_timescale: int = None       # without lr_final: lr sqrt(T / (T + t)) after warm-up, a
+                                   # decay that does not depend on cfg.steps; None: constant
     warmup: int = 0                # linear warm-up steps
     dtype: str = "float32"
     seed: int = 0
@@ -73,6 +75,8 @@ class Config:
     eval_size: int = 4096          # fresh samples to fit the linear map, as many to score it
     supervised_steps: int = 0      # steps of the supervised baseline (0: skip it; None: as
                                    # many as the run, with its schedule)
+    stop_r2: float = None          # stop early once held-out R² >= stop_r2 at two
+                                   # evaluations in a row (None: run all the steps)
 
     def replace(self, **changes):
         return Config(**{**asdict(self), **changes})
@@ -108,6 +112,14 @@ def check_config(cfg):
         _positive(name, getattr(cfg, name))
     if cfg.lr_final is not None:
         _positive("lr_final", cfg.lr_final)
+    if cfg.lr_timescale is not None:
+        if not isinstance(cfg.lr_timescale, (int, np.integer)) or cfg.lr_timescale < 1:
+            raise ValueError(f"lr_timescale must be None or an integer >= 1, got {cfg.lr_timescale!r}")
+        if cfg.lr_final is not None:
+            raise ValueError("lr_timescale (inverse-square-root decay) and lr_final (cosine "
+                             "decay) are two schedules; give one of them")
+    if cfg.stop_r2 is not None and not (isinstance(cfg.stop_r2, (int, float)) and 0 < cfg.stop_r2 <= 1):
+        raise ValueError(f"stop_r2 must be None or a number in (0, 1], got {cfg.stop_r2!r}")
     if not cfg.box_low < cfg.box_high:
         raise ValueError(f"box_low must be < box_high, got [{cfg.box_low}, {cfg.box_high}]")
     if cfg.p is not None and not (math.isfinite(cfg.p) and cfg.p >= 1):
@@ -879,11 +891,14 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def learning_rate(cfg, step):
-    """Learning rate at `step` (0-based): linear warm-up, then constant or a
-    cosine decay from cfg.lr to cfg.lr_final over cfg.steps (README "The
-    experiment grid": the CPU recipe)."""
+    """Learning rate at `step` (0-based): linear warm-up, then constant, a cosine
+    decay from cfg.lr to cfg.lr_final over cfg.steps, or lr sqrt(T / (T + t)) with
+    T = cfg.lr_timescale and t the steps since the warm-up (README "The experiment
+    grid": the CPU recipe)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_timescale is not None:
+        return cfg.lr * math.sqrt(cfg.lr_timescale / (cfg.lr_timescale + step - cfg.warmup))
     if cfg.lr_final is None:
         return cfg.lr
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)

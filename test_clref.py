@@ -484,6 +484,8 @@ def test_train_step_keeps_dtype_and_lowers_the_loss(dtype):
     (dict(n=1), "n"), (dict(space="torus"), "space"), (dict(p=0.5), "p"),
     (dict(lam=float("nan")), "lam"), (dict(batch_size=1), "batch_size"), (dict(steps=-1), "steps"),
     (dict(widths=(10, 0)), "widths"), (dict(head="none", p=None), "head"),
+    (dict(lr_timescale=0), "lr_timescale"), (dict(lr_timescale=10, lr_final=1e-5), "lr_timescale"),
+    (dict(stop_r2=1.5), "stop_r2"),
 ])
 def test_bad_config_raises_value_error_naming_the_value(changes, named):
     with pytest.raises(ValueError, match=named):
@@ -659,6 +661,81 @@ def test_cli_corrupted_checkpoint_is_refused(tmp_path):
     run_dir.mkdir()
     (run_dir / "checkpoint.npz").write_bytes(b"not a checkpoint")
     result = run_cli(["--resume", "--out", str(run_dir), "--steps", "5"], tmp_path)
+    assert result.returncode == 2 and "corrupted" in result.stderr, result.stderr
+
+
+def test_inverse_square_root_schedule_does_not_depend_on_the_step_budget():
+    cfg = C.Config(lr=1e-3, warmup=10, lr_timescale=100)
+    for steps in (1000, 10 ** 6):
+        rates = [C.learning_rate(cfg.replace(steps=steps), t) for t in (0, 9, 10, 110, 410)]
+        assert np.allclose(rates, [1e-4, 1e-3, 1e-3, 1e-3 / math.sqrt(2), 1e-3 / math.sqrt(5)]), rates
+
+
+def test_run_stops_once_r2_reaches_stop_r2_twice_in_a_row(tmp_path):
+    import train
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "stop").mkdir()
+    whole = train.run(TINY, str(tmp_path / "whole"), say=lambda line: None, baseline=False)
+    log = [float(line.split(",")[2]) for line in
+           (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:]]
+    target = min(log[1:3])          # met at least by the evaluations of steps 20 and 30
+    stopped = train.run(TINY.replace(stop_r2=target), str(tmp_path / "stop"), say=lambda line: None,
+                        baseline=False)
+    steps = [line.split(",")[0] for line in
+             (tmp_path / "stop" / "log.csv").read_text().splitlines()[1:]]
+    first_pair = next(k for k in range(1, len(log)) if min(log[k - 1:k + 1]) >= target)
+    assert stopped["steps"] == 10 * (first_pair + 1) < whole["steps"], (stopped["steps"], log)
+    assert steps == [str(10 * (k + 1)) for k in range(first_pair + 1)], steps
+
+
+def test_cli_resume_reads_the_saved_configuration(tmp_path):
+    # a run of non-default options, cut at step 20 of 40, continues with only --out and --resume
+    import json
+    import train
+    cfg = train.PRESETS["box_laplace_l1"].config.replace(
+        n=3, widths=(8, 8), batch_size=32, steps=40, eval_every=10, eval_size=64,
+        supervised_steps=0, self_pair_until=25)
+
+    def stop_at_20(line):
+        if line.startswith("step") and "20/40" in line:
+            raise Interrupt
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = train.run(cfg, str(tmp_path / "whole"), "box_laplace_l1", say=lambda line: None)
+    with pytest.raises(Interrupt):
+        train.run(cfg, str(tmp_path / "cut"), "box_laplace_l1", say=stop_at_20)
+    resumed = run_cli(["--out", "cut", "--resume", "--no-plots"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "box_laplace_l1" in resumed.stdout, resumed.stdout
+    got = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    for key in ("loss", "r2", "mcc"):
+        assert got[key] == whole[key], f"resumed {key} {got[key]} != uninterrupted {whole[key]}"
+
+
+@pytest.mark.parametrize("flag,field,saved,given", [
+    (["--steps", "50"], "steps", "30", "50"), (["--lr", "0.01"], "lr", "0.003", "0.01"),
+    (["--preset", "sphere_vmf"], "preset", "box_laplace_l1", "sphere_vmf"),
+])
+def test_cli_resume_refuses_a_flag_that_contradicts_the_saved_run(tmp_path, flag, field, saved, given):
+    args = ["--preset", "box_laplace_l1", "--n", "3", "--widths", "8,8", "--batch-size", "32",
+            "--eval-every", "10", "--eval-size", "64", "--supervised-steps", "0", "--no-plots",
+            "--steps", "30", "--out", "run"]
+    assert run_cli(args, tmp_path).returncode == 0
+    result = run_cli(["--out", "run", "--resume", *flag], tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert field in lines[0] and saved in lines[0] and given in lines[0], lines[0]
+
+
+def test_cli_resume_with_a_saved_configuration_and_a_damaged_checkpoint(tmp_path):
+    args = ["--preset", "box_laplace_l1", "--n", "3", "--widths", "8,8", "--batch-size", "32",
+            "--eval-every", "10", "--eval-size", "64", "--supervised-steps", "0", "--no-plots",
+            "--steps", "30", "--out", "run"]
+    assert run_cli(args, tmp_path).returncode == 0
+    path = tmp_path / "run" / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:200])
+    result = run_cli(["--out", "run", "--resume"], tmp_path)
     assert result.returncode == 2 and "corrupted" in result.stderr, result.stderr
 
 

@@ -374,14 +374,21 @@ def supervised_batch(cfg, mixing, rng):
     return C.observe(cfg, mixing, z), z.astype(cfg.dtype)
 
 
+def target_reached(cfg, log):
+    """True once the last two evaluations both scored held-out R² >= cfg.stop_r2."""
+    return cfg.stop_r2 is not None and len(log) >= 2 and all(row["r2"] >= cfg.stop_r2
+                                                             for row in log[-2:])
+
+
 def train_loop(cfg, state, sets, run_dir, say):
     """Contrastive training from state["step"] to cfg.steps; evaluates, logs and
     checkpoints every cfg.eval_every steps, and checkpoints the step at which a
-    stop was requested before raising Interrupted."""
+    stop was requested before raising Interrupted. Ends early when cfg.stop_r2 is
+    reached (target_reached)."""
     start = time.time() - state["seconds"]
     resumed_at, first_step = time.time(), state["step"]
     without_self_pair = cfg.replace(self_pair=False, self_pair_until=None)
-    while state["step"] < cfg.steps:
+    while state["step"] < cfg.steps and not target_reached(cfg, state["log"]):
         lr = C.learning_rate(cfg, state["step"])
         loss_cfg = cfg if C.self_pair_active(cfg, state["step"]) else without_self_pair
         batch = contrastive_batch(cfg, state["mixing"], state["rng"])
@@ -465,7 +472,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     state = train_loop(cfg, state, sets, run_dir, say)
     last = (state["log"][-1] if state["log"]          # no log row when steps = 0
             else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)})
-    metrics = {"preset": preset, "seed": cfg.seed, "steps": cfg.steps, "n": cfg.n,
+    metrics = {"preset": preset, "seed": cfg.seed, "steps": state["step"], "n": cfg.n,
                "batch_size": cfg.batch_size, "self_pair": cfg.self_pair,
                "learn_radius": cfg.learn_radius,
                "seconds": round(state["seconds"], 2), "loss": last["loss"], "r2": last["r2"],
@@ -906,6 +913,10 @@ def optional_int(text):
     return None if text.lower() == "none" else int(text)
 
 
+def optional_float(text):
+    return None if text.lower() == "none" else float(text)
+
+
 def widths_value(text):
     try:
         return tuple(int(w) for w in text.split(","))
@@ -917,7 +928,8 @@ def widths_value(text):
 OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "steps", "batch_size",
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
-             "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until")
+             "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
+             "lr_timescale", "stop_r2")
 
 
 def make_parser():
@@ -925,7 +937,7 @@ def make_parser():
                     "the paper's synthetic experiments on a CPU.",
                     epilog=f"Without arguments: --preset {DEFAULT_PRESET}.")
     what = parser.add_argument_group("what to run")
-    what.add_argument("--preset", default=DEFAULT_PRESET, help="a preset name (see --list)")
+    what.add_argument("--preset", help=f"a preset name (see --list; default {DEFAULT_PRESET})")
     what.add_argument("--list", action="store_true", help="print every preset and exit")
     what.add_argument("--bench", action="store_true",
                       help="time the training step of the paper's encoder and of the grid's; "
@@ -952,8 +964,13 @@ def make_parser():
     opt.add_argument("--steps", type=int)
     opt.add_argument("--batch-size", type=int)
     opt.add_argument("--lr", type=float, help="peak learning rate of Adam")
-    opt.add_argument("--lr-final", type=float, help="learning rate at the end of the cosine decay")
+    opt.add_argument("--lr-final", type=optional_float,
+                     help="learning rate at the end of the cosine decay ('none': no cosine decay)")
+    opt.add_argument("--lr-timescale", type=optional_int,
+                     help="instead of the cosine decay: lr * sqrt(T / (T + t)) after the warm-up")
     opt.add_argument("--warmup", type=int, help="linear warm-up steps")
+    opt.add_argument("--stop-r2", type=float,
+                     help="stop early once held-out R² reaches this at two evaluations in a row")
     opt.add_argument("--dtype", help="float32 or float64")
     opt.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints")
     opt.add_argument("--eval-size", type=int, help="samples to fit, and as many to score, the metrics")
@@ -992,7 +1009,9 @@ def describe_recipe(cfg):
     """'12000 steps, batch 512, widths 128x4, lr 0.003 -> 1e-05, self pair'."""
     widths = (f"{cfg.widths[0]}x{len(cfg.widths)}" if len(set(cfg.widths)) == 1
               else "-".join(map(str, cfg.widths)))
-    schedule = f"lr {cfg.lr:g}" + (f" -> {cfg.lr_final:g}" if cfg.lr_final is not None else "")
+    schedule = f"lr {cfg.lr:g}" + (f" -> {cfg.lr_final:g}" if cfg.lr_final is not None else
+                                   f" * sqrt({cfg.lr_timescale} / ({cfg.lr_timescale} + t))"
+                                   if cfg.lr_timescale is not None else "")
     self_pair = ("self pair" if cfg.self_pair_until is None
                  else f"self pair for the first {cfg.self_pair_until} steps")
     extras = [name for name, on in ((self_pair, cfg.self_pair), ("learned radius", cfg.learn_radius))
@@ -1040,6 +1059,22 @@ def _shard_value_attached(argv):
     return [token for token in out if token is not None]
 
 
+def saved_run_config(run_dir, preset, overrides):
+    """(preset, Config) saved in run_dir/config.json, for --resume without repeating
+    the run's flags. A flag given anyway must agree with the saved value: otherwise
+    ValueError naming the field and both values."""
+    saved_preset, cfg = read_run_config(run_dir)
+    if preset is not None and preset != saved_preset:
+        raise ValueError(f"--resume: {run_dir} holds a run of preset {saved_preset!r}, "
+                         f"the command line says {preset!r}")
+    for field, value in overrides.items():
+        if getattr(cfg, field) != value:
+            raise ValueError(f"--resume: {field} is {getattr(cfg, field)!r} in "
+                             f"{os.path.join(run_dir, 'config.json')}, the command line says "
+                             f"{value!r}; leave the flag out to continue the saved run")
+    return saved_preset, cfg
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -1059,7 +1094,7 @@ def main(argv=None):
             return 0
         if args.shard and not args.grid:
             raise ValueError("--shard runs a share of the grid; use it with --grid")
-        if args.preset not in PRESETS:
+        if args.preset is not None and args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         overrides = {field: getattr(args, field) for field in OVERRIDES if hasattr(args, field)}
         if args.grid:
@@ -1071,9 +1106,13 @@ def main(argv=None):
             check_writable(args.results)
             with stopping_on_signals():
                 return run_grid(args, overrides, out_root, args.results, argv)
-        cfg = C.check_config(PRESETS[args.preset].config.replace(**overrides))
-        run_dir = args.out or os.path.join("runs", f"{args.preset}-s{cfg.seed}")
+        preset = args.preset or DEFAULT_PRESET
+        cfg = C.check_config(PRESETS[preset].config.replace(**overrides))
+        run_dir = args.out or os.path.join("runs", f"{preset}-s{cfg.seed}")
         check_writable(run_dir)
+        if args.resume and os.path.exists(os.path.join(run_dir, "config.json")):
+            preset, cfg = saved_run_config(run_dir, args.preset, overrides)
+            C.check_config(cfg)
         if args.resume:
             load_checkpoint(run_dir, cfg)
         created = not os.path.exists(run_dir)
@@ -1085,18 +1124,19 @@ def main(argv=None):
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    say(f"{args.preset}: {PRESETS[args.preset].setting}; N={cfg.n}, {cfg.steps} steps, "
+    setting = PRESETS[preset].setting if preset in PRESETS else "a run saved without a preset"
+    say(f"{preset}: {setting}; N={cfg.n}, {cfg.steps} steps, "
         f"batch {cfg.batch_size}, widths {list(cfg.widths)} -> {run_dir}")
     try:
         with stopping_on_signals():
-            metrics = run(cfg, run_dir, args.preset, resume=args.resume, say=say)
+            metrics = run(cfg, run_dir, preset, resume=args.resume, say=say)
     except NonFiniteLoss as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except Interrupted as stop:
         where = (f"at step {stop.step} of {stop.steps}" if stop.phase == "training" else
                  f"in {stop.phase} (its step {stop.step} of {stop.steps}; training is saved)")
-        command = continue_command(argv, ["--preset", args.preset, "--seed", str(cfg.seed)],
+        command = continue_command(argv, ["--preset", preset, "--seed", str(cfg.seed)],
                                    drop=("--resume", "--preset", "--seed"))
         print(f"interrupted {where}; continue with: {command}", file=sys.stderr)
         return 128 + STOP["signum"]
@@ -1108,7 +1148,7 @@ def main(argv=None):
         import plots
         for path in plots.plot_run(run_dir):
             say(f"figure: {path}")
-    print(verdict(metrics, args.preset))
+    print(verdict(metrics, preset))
     return 0
 
 
