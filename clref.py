@@ -23,6 +23,7 @@ SPACES = ("sphere", "box", "unbounded")
 MARGINALS = ("uniform", "normal", "laplace", "gennorm")
 CONDITIONALS = ("vmf", "normal", "laplace", "gennorm")
 HEADS = ("sphere", "box", "none")
+LOSS_FORMS = ("paper", "official")
 DTYPES = ("float32", "float64")
 
 
@@ -53,6 +54,8 @@ class Config:
     # encoder f and loss (README §4-§5)
     widths: tuple = (100, 500, 500, 500, 500, 100)
     identity_init: bool = True     # start f close to linear (README §4)
+    uniform_bias: bool = False     # biases U(±1/sqrt(fan_in)) as PyTorch's default for a
+                                   # linear layer; False: biases start at 0
     head: str = "sphere"           # "sphere" | "box" | "none"
     radius: float = 1.0            # sphere head: radius r (initial value if learned)
     learn_radius: bool = False
@@ -60,6 +63,7 @@ class Config:
     p: float = None                # None: dot-product similarity; p >= 1: -||a-b||_p^p
     self_pair: bool = False        # add the anchor paired with itself to each row (README §5)
     self_pair_until: int = None    # with self_pair: drop it from this step on (None: never)
+    loss_form: str = "paper"       # "paper" | "official": the reference code's row (README §5)
     # optimisation
     batch_size: int = 1024
     steps: int = 2000
@@ -97,7 +101,8 @@ def _positive(name, value):
 def check_config(cfg):
     """Raise ValueError naming the first bad value of `cfg` and what is allowed."""
     for name, allowed in [("space", SPACES), ("marginal", MARGINALS),
-                          ("conditional", CONDITIONALS), ("head", HEADS), ("dtype", DTYPES)]:
+                          ("conditional", CONDITIONALS), ("head", HEADS), ("dtype", DTYPES),
+                          ("loss_form", LOSS_FORMS)]:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
     if not isinstance(cfg.n, (int, np.integer)) or cfg.n < 2:
@@ -142,6 +147,9 @@ def check_config(cfg):
                              f"got {cfg.self_pair_until!r}")
         if not cfg.self_pair:
             raise ValueError("self_pair_until says when to drop the self pair; it needs self_pair")
+    if cfg.self_pair and cfg.loss_form == "official":
+        raise ValueError("loss_form 'official' already holds the self pair in every row; "
+                         "self_pair must be False with it")
     if not 0 <= cfg.cond_quantile <= 1:
         raise ValueError(f"cond_quantile must be in [0, 1], got {cfg.cond_quantile!r}")
     return cfg
@@ -344,10 +352,11 @@ ENCODER_SLOPE = 0.01
 
 
 def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False,
-                 identity_init=True):
+                 identity_init=True, uniform_bias=False):
     """Parameters of the MLP N -> widths -> N: {"layers": [(W, b), ...]}, plus
     "bound" (N,) for the box head and "radius" () for a learned sphere radius.
-    W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), b = 0. With `identity_init` the first
+    W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), b = 0, or b drawn from the same
+    uniform after W with `uniform_bias` (PyTorch's default). With `identity_init` the first
     2N units of every hidden layer also carry (x, -x) through the network, so the
     initial f is close to linear (README §4: why the sphere head needs this);
     it needs every width >= 2N and is skipped otherwise."""
@@ -356,9 +365,10 @@ def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         bound = 1.0 / math.sqrt(fan_in)
         w = rng.uniform(-bound, bound, (fan_in, fan_out))
+        b = rng.uniform(-bound, bound, fan_out) if uniform_bias else np.zeros(fan_out)
         if identity_init and min(widths) >= 2 * n:
             w = w + _identity_path(n, fan_in, fan_out, first=k == 0, last=k == len(sizes) - 2)
-        layers.append((w.astype(dtype), np.zeros(fan_out, dtype=dtype)))
+        layers.append((w.astype(dtype), b.astype(dtype)))
     params = {"layers": layers}
     if head == "box":
         params["bound"] = np.ones(n, dtype=dtype)
@@ -575,16 +585,37 @@ def _check_tau(tau):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
 
 
-def infonce(h, h_tilde, tau, p=None, self_pair=False):
-    """Mean InfoNCE loss over the batch (README §5):
-    l_i = -S[i, i] + log Σ_j exp S[i, j], the positive inside the sum and the other
-    B - 1 anchors as negatives of each positive h_tilde_i. With `self_pair`, each
-    row's sum also holds exp(s(h_i, h_i) / tau), the anchor paired with itself."""
+def infonce(h, h_tilde, tau, p=None, self_pair=False, form="paper"):
+    """(B, D), (B, D) -> scalar: the mean InfoNCE loss over the batch (README §5).
+
+    form "paper": l_i = -S[i, i] + log Σ_j exp S[i, j], the positive inside the sum
+    and the other B - 1 anchors as negatives of each positive h_tilde_i. With
+    `self_pair`, each row's sum also holds exp(s(h_i, h_i) / tau).
+    form "official", the reference code's row: l_i = -P_i + log(exp P_i +
+    Σ_j exp(s(h_i, h_j) / tau)) with P_i = s(h_i, h_tilde_i) / tau, every anchor j
+    (i itself included) a negative of the anchor h_i. Its sum already holds the
+    self pair (j = i), so `self_pair=True` with it is a ValueError."""
     _check_tau(tau)
+    if form == "official":
+        if self_pair:
+            raise ValueError("form 'official' already holds the self pair (j = i); "
+                             "self_pair must be False with it")
+        positive = positive_scores(h, h_tilde, tau, p)
+        row_lse = anp.logaddexp(logsumexp(similarity_matrix(h, h, tau, p), axis=1), positive)
+        return anp.mean(row_lse - positive)
+    if form != "paper":
+        raise ValueError(f"form must be one of {', '.join(LOSS_FORMS)}; got {form!r}")
     row_lse = logsumexp(similarity_matrix(h, h_tilde, tau, p), axis=1)
     if self_pair:
         row_lse = anp.logaddexp(row_lse, self_similarity(h, tau, p))
     return anp.mean(row_lse) + alignment(h, h_tilde, tau, p)  # alignment = -mean_i S[i, i]
+
+
+def positive_scores(h, h_tilde, tau, p=None):
+    """(B, D), (B, D) -> (B,): s(h_i, h_tilde_i) / tau, the diagonal of S (README §5)."""
+    if p is None:
+        return anp.sum(h * h_tilde, axis=1) / tau
+    return anp.sum(anp.abs(h - h_tilde) ** p, axis=1) * (-1.0 / tau)
 
 
 def self_similarity(h, tau, p=None):
@@ -808,7 +839,7 @@ def contrastive_objective(params, x, x_tilde, cfg):
     the encoder in one stacked forward pass."""
     h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
     h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
-    return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair)
+    return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair, cfg.loss_form)
 
 
 def supervised_objective(params, x, z, cfg):
@@ -868,11 +899,12 @@ def adam_init(params):
 
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """One Adam step (Kingma & Ba 2015) with bias correction; returns new
-    (params, state). `params` is left untouched; the moment buffers of `state`
-    are updated in place (they belong to the optimiser)."""
+    """One Adam step, Algorithm 1 of Kingma & Ba (2015), as PyTorch writes it:
+    w <- w - lr m_hat / (sqrt(v_hat) + eps), eps added after the bias correction of
+    v; returns new (params, state). `params` is left untouched; the moment buffers
+    of `state` are updated in place (they belong to the optimiser)."""
     t = state["t"] + 1
-    step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    step, v_scale = lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t)
     new = []
     for w, g, m, v in zip(parameter_leaves(params), parameter_leaves(grads), state["m"], state["v"]):
         scratch = np.empty_like(w)
@@ -882,9 +914,10 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
         scratch *= 1 - b2
         v *= b2
         v += scratch
-        np.sqrt(v, out=scratch)                  # w <- w - step m / (sqrt(v) + eps)
+        np.sqrt(v, out=scratch)                  # sqrt(v_hat) + eps
+        scratch *= v_scale
         scratch += eps
-        np.divide(m, scratch, out=scratch)
+        np.divide(m, scratch, out=scratch)       # w <- w - lr/(1 - b1^t) m / (sqrt(v_hat) + eps)
         scratch *= step
         new.append(w - scratch)
     return with_leaves(params, iter(new)), {"m": state["m"], "v": state["v"], "t": t}

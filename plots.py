@@ -3,6 +3,7 @@
 python plots.py RUN_DIR                      # curves.png, latents.png, correlations.png
 python plots.py --grid results/              # grid.png from results/grid.csv
 python plots.py --compare OUT.png RUN_DIR... # learning curves of several runs, and a table
+python plots.py --official-curve CURVE.csv   # the official recipe in clref and in the official code
 
 Everything is read from the files of a run directory or a results directory
 (README "Files"); this module imports clref and matplotlib, not train.
@@ -267,17 +268,38 @@ def compare_runs(out_path, run_dirs, minutes=(5, 10, 30)):
     return "\n".join(lines)
 
 
+def plot_official_curve(csv_path):
+    """curve.png beside the curve.csv of bench/compare_official.py --curve: held-out
+    R² against steps for the official code and clref, trained side by side."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    step = np.array([float(r["step"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    ax.plot(step, [float(r["official_r2"]) for r in rows], lw=3, alpha=0.5, label="official code (PyTorch)")
+    ax.plot(step, [float(r["clref_r2"]) for r in rows], ls="--", color="black", label="clref")
+    ax.set(xlabel=f"steps (batch {int(float(rows[-1]['pairs']) / max(step[-1], 1))})",
+           ylabel="held-out linear R²",
+           title="official recipe on the default row (float32, same weights and batches)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save(fig, os.path.join(os.path.dirname(os.path.abspath(csv_path)), "curve.png"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Draw the figures of a run or of the grid.")
     parser.add_argument("run_dir", nargs="*", help="a run directory written by train.py")
     parser.add_argument("--grid", metavar="RESULTS_DIR", help="draw grid.png from RESULTS_DIR/grid.csv")
     parser.add_argument("--compare", metavar="PNG", help="draw the learning curves of the run "
                         "directories into PNG and print a table of their R² after 5, 10 and 30 min")
+    parser.add_argument("--official-curve", metavar="CSV",
+                        help="draw curve.png beside the curve.csv of bench/compare_official.py --curve")
     args = parser.parse_args(argv)
-    if not args.run_dir and not args.grid:
-        parser.error("give a run directory or --grid RESULTS_DIR")
+    if not args.run_dir and not args.grid and not args.official_curve:
+        parser.error("give a run directory, --grid RESULTS_DIR or --official-curve CSV")
     try:
-        if args.compare:
+        if args.official_curve:
+            paths = plot_official_curve(args.official_curve)
+        elif args.compare:
             print(compare_runs(args.compare, args.run_dir))
             paths = args.compare
         elif args.grid:

@@ -40,6 +40,9 @@ GRADIENT_CASES = [  # (head, p, learn_radius, self_pair)
     ("none", 3, False, True),
     ("none", 1.5, False, False),
 ]
+OFFICIAL_GRADIENT_CASES = [("sphere", None, False, False), ("sphere", None, True, False),
+                           ("none", 1, False, False), ("none", 2, False, False),
+                           ("none", 3, False, False)]
 
 
 def finite_difference_gradient(f, flat, eps=1e-5):
@@ -51,13 +54,15 @@ def finite_difference_gradient(f, flat, eps=1e-5):
     return grad
 
 
-@pytest.mark.parametrize("head,p,learn_radius,self_pair", GRADIENT_CASES)
-def test_autograd_gradient_equals_finite_differences(head, p, learn_radius, self_pair):
+@pytest.mark.parametrize("form,head,p,learn_radius,self_pair",
+                         [("paper", *case) for case in GRADIENT_CASES]
+                         + [("official", *case) for case in OFFICIAL_GRADIENT_CASES])
+def test_autograd_gradient_equals_finite_differences(form, head, p, learn_radius, self_pair):
     from autograd import grad
     from autograd.misc import flatten
     g = rng(1)
     cfg = C.Config(n=3, widths=(5, 4), head=head, p=p, tau=0.5, radius=1.3,
-                   learn_radius=learn_radius, self_pair=self_pair, dtype="float64")
+                   learn_radius=learn_radius, self_pair=self_pair, dtype="float64", loss_form=form)
     params = C.init_encoder(3, cfg.widths, head, g, "float64", 1.3, learn_radius)
     x, x_tilde = g.standard_normal((6, 3)), g.standard_normal((6, 3))
     flat, unflatten = flatten(params)
@@ -68,7 +73,7 @@ def test_autograd_gradient_equals_finite_differences(head, p, learn_radius, self
     auto = flatten(grad(C.contrastive_objective)(params, x, x_tilde, cfg))[0]
     numeric = finite_difference_gradient(loss, flat)
     rel = np.linalg.norm(auto - numeric) / np.linalg.norm(numeric)
-    assert rel <= 1e-6, (f"head={head} p={p} self_pair={self_pair}: autograd vs finite "
+    assert rel <= 1e-6, (f"{form} form, head={head} p={p} self_pair={self_pair}: autograd vs finite "
                          f"differences relative error {rel:.2e}")
 
 
@@ -308,6 +313,65 @@ def test_infonce_equals_double_loop(p, tau):
     assert got == pytest.approx(want, abs=1e-12, rel=1e-12), f"p={p} tau={tau}: {got} vs loop {want}"
 
 
+def official_infonce_double_loop(h, h_tilde, tau, p):
+    """The reference code's row (README §5) written out sample by sample: the positive,
+    then every anchor j, i itself included, contrasted with the anchor h_i."""
+    def s(a, b):
+        return float(np.dot(a, b)) if p is None else -float(np.sum(np.abs(a - b) ** p))
+
+    total = 0.0
+    for i in range(len(h)):
+        positive = s(h[i], h_tilde[i]) / tau
+        terms = [positive] + [s(h[i], h[j]) / tau for j in range(len(h))]
+        top = max(terms)
+        total += -positive + top + math.log(sum(math.exp(t - top) for t in terms))
+    return total / len(h)
+
+
+@pytest.mark.parametrize("p", [None, 1, 2, 3])
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_official_form_equals_double_loop(p, tau):
+    g = rng(26)
+    h, h_tilde = g.standard_normal((15, 4)), g.standard_normal((15, 4))
+    got = C.infonce(h, h_tilde, tau, p, form="official")
+    want = official_infonce_double_loop(h, h_tilde, tau, p)
+    assert got == pytest.approx(want, abs=1e-12, rel=1e-12), f"p={p} tau={tau}: {got} vs loop {want}"
+    assert got != pytest.approx(C.infonce(h, h_tilde, tau, p), rel=1e-6), "the forms coincide"
+
+
+def test_official_form_refuses_the_self_pair_it_already_holds():
+    h = rng(27).standard_normal((4, 3))
+    with pytest.raises(ValueError, match="already holds the self pair"):
+        C.infonce(h, h, 1.0, 1, self_pair=True, form="official")
+    with pytest.raises(ValueError, match="self_pair"):
+        C.check_config(C.Config(loss_form="official", self_pair=True))
+    with pytest.raises(ValueError, match="form"):
+        C.infonce(h, h, 1.0, 1, form="reference")
+
+
+@pytest.mark.parametrize("p", [None, 2])
+def test_official_and_paper_forms_agree_in_expectation(p):
+    """For ideal-encoder pairs on the sphere (h = z, vMF kappa = 1: the pair is
+    exchangeable), the official row and the paper's row with the self pair have the
+    same distribution, so the mean of their difference over many batches is 0 within
+    its standard error. The plain paper form differs from both by the self pair's
+    share, which vanishes as B grows (README §5)."""
+    g = rng(28)
+    cfg = C.Config(n=10, kappa=1.0)
+    diffs, excess = [], []
+    for _ in range(40):
+        z, z_tilde = C.sample_pairs(cfg, 1024, g)
+        official = C.infonce(z, z_tilde, 1.0, p, form="official")
+        diffs.append(official - C.infonce(z, z_tilde, 1.0, p, self_pair=True))
+        excess.append(official - C.infonce(z, z_tilde, 1.0, p))
+    mean, se = np.mean(diffs), np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+    assert abs(mean) < 3 * se, f"p={p}: official - paper with self pair = {mean:.2e} ± {se:.2e}"
+    assert np.mean(excess) > 0, f"p={p}: official - plain paper = {np.mean(excess):.2e}"
+    if p is None:  # the self pair's share: log(1 + e^kappa / ((B-1) m)), as in Theorem 1's test
+        estimate = math.log(1 + math.e / (1023 * C.vmf_mean_exp(10, 1.0)))
+        assert np.mean(excess) == pytest.approx(estimate, rel=0.1), (np.mean(excess), estimate)
+
+
 def test_l1_gradient_at_ties_uses_sign_zero():
     """Where a coordinate of h equals one of h_tilde, |d| has gradient sign(0) = 0;
     the gradient matches a loop over i, j, k written from README §5."""
@@ -458,6 +522,22 @@ def test_adam_first_step_moves_each_parameter_by_lr():
     assert state["t"] == 1 and params["a"][0] == 1.0, "adam_update changed its input"
 
 
+def test_adam_follows_algorithm_1_where_epsilon_matters():
+    """Kingma & Ba's Algorithm 1 (and PyTorch): eps is added to sqrt(v_hat), after the
+    bias correction. With gradients near eps the placement decides the step."""
+    g = rng(29)
+    params = {"w": g.standard_normal(6)}
+    m, v, w = np.zeros(6), np.zeros(6), params["w"].copy()
+    state = C.adam_init(params)
+    for t in range(1, 6):
+        grads = {"w": 1e-8 * g.standard_normal(6)}
+        params, state = C.adam_update(params, grads, state, lr=0.01)
+        m = 0.9 * m + 0.1 * grads["w"]
+        v = 0.999 * v + 0.001 * grads["w"] ** 2
+        w = w - 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        assert np.allclose(params["w"], w, rtol=0, atol=1e-15), f"step {t}: {params['w'] - w}"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_train_step_keeps_dtype_and_lowers_the_loss(dtype):
     g = rng(20)
@@ -598,12 +678,30 @@ def test_restarted_run_directory_is_not_taken_for_finished(tmp_path):
     assert train.finished_metrics(str(tmp_path), TINY) is None
 
 
+def test_environment_is_recorded_and_never_fails(tmp_path, monkeypatch):
+    import json
+    import train
+    env = train.environment()
+    for key in ("python", "numpy", "autograd", "matplotlib", "blas", "blas_version", "blas_kernel",
+                "blas_threads", "cpu", "cores", "git_commit", "git_dirty"):
+        assert key in env, f"environment() lacks {key}"
+    assert env["numpy"] == np.__version__
+    monkeypatch.setattr(train, "_cpu_model", lambda: 1 / 0)
+    monkeypatch.setattr(train, "_git", lambda *args: 1 / 0)
+    broken = train.environment()
+    assert broken["cpu"] == "unknown" and broken["git_commit"] == "unknown", broken
+    train.record_environment(str(tmp_path), 0)
+    train.record_environment(str(tmp_path), 20)
+    history = json.loads((tmp_path / "env.json").read_text())
+    assert [entry["from_step"] for entry in history] == [0, 20], history
+
+
 def test_run_directory_holds_config_log_metrics_and_checkpoint(tmp_path):
     import json
     import train
     train.run(TINY, str(tmp_path), "sphere_vmf_k10", say=lambda line: None)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint.npz", "config.json", "log.csv", "metrics.json"], names
+    assert names == ["checkpoint.npz", "config.json", "env.json", "log.csv", "metrics.json"], names
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("preset", "seed", "steps", "seconds", "loss", "r2", "mcc", "identity_r2",
                 "identity_mcc", "supervised_r2", "supervised_mcc"):
@@ -855,6 +953,32 @@ def test_continue_command_keeps_the_run_options():
     assert line == "python train.py --preset box_laplace_l1 --seed 3 --steps 50 --out 'a b' --resume"
 
 
+def test_official_code_comparison_on_small_shapes():
+    """bench/compare_official.py on small shapes, where CLREF_OFFICIAL names a directory
+    of the reference code's modules and torch imports (results/official.md)."""
+    directory = os.environ.get("CLREF_OFFICIAL")
+    if not directory:
+        pytest.skip("CLREF_OFFICIAL is not set")
+    pytest.importorskip("torch")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "compare_official", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench",
+                                         "compare_official.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    torch, official = compare.load_official(directory)
+    assert torch is not None, official
+    torch.set_default_dtype(torch.float64)
+    g = rng(30)
+    rows = (compare.loss_rows(torch, official, g, batch=32) + compare.metric_rows(official, g, size=256)
+            + compare.mixing_rows(torch, official, g, size=64)
+            + compare.encoder_rows(torch, official, g, size=64))
+    for name, diff, _ in rows:
+        assert diff <= 1e-12, f"{name}: clref and the official code differ by {diff:.2e}"
+    for name, diff, _ in compare.training_rows(torch, official, steps=10, batch=32):
+        assert diff <= 1e-9, f"{name}: relative parameter difference {diff:.2e}"
+
+
 def test_modules_import_one_way():
     """clref imports neither train nor plots; plots imports clref, not train."""
     import subprocess
@@ -917,6 +1041,7 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
     table = (tmp_path / "results" / "grid.md").read_text()
     for name in train.PRESETS:
         assert f"| {name} |" in table, f"grid.md misses {name}"
+    assert "Environment: Python " in table and "numpy " in table, "grid.md does not say where it ran"
     assert_png(tmp_path / "results" / "grid.png")
     before = (tmp_path / "results" / "grid.csv").read_text()
     code = train.main(["--grid", "--seeds", "2", "--jobs", "1", "--n", "3", "--steps", "4",
@@ -957,7 +1082,8 @@ def clref_outputs(case):
     fn, args = case["function"], case["args"]
     a = {k: (np.array(v) if isinstance(v, list) else v) for k, v in args.items()}
     if fn == "infonce":
-        call = (a["h"], a["h_tilde"], a["tau"], a["p"], a.get("self_pair", False))
+        call = (a["h"], a["h_tilde"], a["tau"], a["p"], a.get("self_pair", False),
+                a.get("form", "paper"))
         return {"value": C.infonce(*call), "grad_h": grad(C.infonce, 0)(*call),
                 "grad_h_tilde": grad(C.infonce, 1)(*call)}
     if fn in ("alignment", "uniformity"):

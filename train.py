@@ -79,6 +79,87 @@ def blas_threads():
     return _openblas_call("get_num_threads")
 
 
+def _openblas_text(name):
+    """The string that OpenBLAS's get_<name> returns (e.g. "corename"), or None."""
+    import ctypes
+    for lib in _loaded_openblas():
+        for symbol in (f"scipy_openblas_get_{name}64_", f"openblas_get_{name}"):
+            function = getattr(lib, symbol, None)
+            if function is not None:
+                function.restype = ctypes.c_char_p
+                return function().decode()
+    return None
+
+
+def _package_version(name):
+    from importlib import metadata
+    return metadata.version(name)
+
+
+def _blas_info():
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    return {"name": blas.get("name"), "version": blas.get("version")}
+
+
+def _cpu_model():
+    with open("/proc/cpuinfo") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+
+
+def _git(*args):
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5,
+                          check=True).stdout.strip()
+
+
+def environment():
+    """Where a run ran (README "Reproducing a number"): versions, BLAS and its kernel,
+    CPU, threads, git commit. Every field that cannot be read is "unknown"; this
+    never raises."""
+    import platform
+
+    def read(field):
+        try:
+            value = field()
+        except Exception:
+            return "unknown"
+        return "unknown" if value is None else value
+
+    blas = read(_blas_info)
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "autograd": read(lambda: _package_version("autograd")),
+        "matplotlib": read(lambda: _package_version("matplotlib")),
+        "blas": read(lambda: blas["name"]), "blas_version": read(lambda: blas["version"]),
+        "blas_kernel": read(lambda: _openblas_text("corename")),
+        "blas_threads": read(blas_threads),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        "cpu": read(_cpu_model), "cores": read(os.cpu_count),
+        "git_commit": read(lambda: _git("rev-parse", "HEAD")),
+        "git_dirty": read(lambda: bool(_git("status", "--porcelain", "--untracked-files=no"))),
+    }
+
+
+def describe_environment(env):
+    """One line: 'numpy 2.4.0, OpenBLAS ... (Haswell kernel, 1 thread), AMD EPYC, 2 cores, commit abc1234'."""
+    commit = str(env["git_commit"])[:10] + (" with uncommitted changes" if env["git_dirty"] is True else "")
+    return (f"Python {env['python']}, numpy {env['numpy']}, autograd {env['autograd']}, "
+            f"{env['blas']} {env['blas_version']} ({env['blas_kernel']} kernel, "
+            f"{env['blas_threads']} BLAS threads), {env['cpu']}, {env['cores']} cores, "
+            f"commit {commit}")
+
+
+def record_environment(run_dir, step):
+    """Append this invocation's environment to run_dir/env.json (a list: a resumed
+    run gets one entry per stretch, with the step it started from)."""
+    path = os.path.join(run_dir, "env.json")
+    history = read_json(path) if step > 0 else None
+    history = history if isinstance(history, list) else []
+    write_json(path, history + [{"from_step": step, **environment()}])
+
+
 # ----------------------------------------------------------------------------
 # Presets: the rows of the experiment grid (README "The experiment grid")
 # ----------------------------------------------------------------------------
@@ -181,6 +262,18 @@ PRESETS = {
                           sigma=0.05, p=2.0, **SELF_PAIR)),
 }
 DEFAULT_PRESET = "sphere_vmf_k10"
+
+# The reference code's recipe (README "The experiment grid"): the paper's encoder
+# widths, batch 6144, Adam at a constant 1e-4, its loss form (README §5) and
+# PyTorch's default initialisation of a linear layer. The preset's steps, data and
+# head stay; `--recipe official` applies it to any preset.
+REFERENCE_WIDTHS = (100, 500, 500, 500, 500, 100)
+RECIPES = {
+    "cpu": {},
+    "official": dict(widths=REFERENCE_WIDTHS, batch_size=6144, lr=1e-4, lr_final=None,
+                     lr_timescale=None, warmup=0, loss_form="official", self_pair=False,
+                     self_pair_until=None, identity_init=False, uniform_bias=True),
+}
 
 
 def bars_met(preset, metrics):
@@ -429,7 +522,7 @@ def supervised_baseline(cfg, mixing, sets, rng, say):
     architecture does with the labels contrastive learning never sees."""
     steps = supervised_steps(cfg)
     params = C.init_encoder(cfg.n, cfg.widths, "none", rng, cfg.dtype,
-                            identity_init=cfg.identity_init)
+                            identity_init=cfg.identity_init, uniform_bias=cfg.uniform_bias)
     adam = C.adam_init(params)
     schedule = cfg.replace(steps=steps)
     start = time.time()
@@ -454,7 +547,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     init_rng, data_rng, eval_rng, supervised_rng = C.run_generators(cfg.seed)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
-                            cfg.learn_radius, cfg.identity_init)
+                            cfg.learn_radius, cfg.identity_init, cfg.uniform_bias)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
     if resume:
         state = load_checkpoint(run_dir, cfg)
@@ -466,6 +559,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
         if not resume:  # a finished run's metrics must never sit beside another config
             remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
+        record_environment(run_dir, state["step"])
     z_fit, x_fit, z_eval, x_eval = sets
     identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
@@ -527,8 +621,8 @@ GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2"
 # what the supervised baseline depends on: p(z), the mixing, the encoder, the schedule
 SUPERVISED_FIELDS = ("space", "n", "box_low", "box_high", "marginal", "marginal_scale",
                      "marginal_beta", "mixing_layers", "cond_pool", "cond_quantile", "widths",
-                     "identity_init", "batch_size", "steps", "supervised_steps", "lr", "lr_final",
-                     "warmup", "dtype", "seed", "eval_size")
+                     "identity_init", "uniform_bias", "batch_size", "steps", "supervised_steps",
+                     "lr", "lr_final", "lr_timescale", "warmup", "dtype", "seed", "eval_size")
 
 
 def supervised_key(cfg):
@@ -719,9 +813,10 @@ def run_grid(args, overrides, out_root, results_dir, argv):
     rows = grid_rows(runs, {job[1]: r for job, r in zip(jobs, results)}, out_root)
     command = "python train.py " + shlex.join(argv)
     write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
+    env = {**environment(), "blas_threads": f"{threads} per run"}
     write_text(os.path.join(results_dir, "grid.md"),
                grid_markdown(rows, command, wall, runs[0][1].eval_size, out_root,
-                             [r for job, r in zip(jobs, results) if job[0] == "baseline"]))
+                             [r for job, r in zip(jobs, results) if job[0] == "baseline"], env))
     import plots
     plots.plot_grid(results_dir)
     print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
@@ -734,7 +829,7 @@ def mean_std(values):
     return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=()):
+def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=(), env=None):
     reused = sum(bool(r.get("reused")) for r in rows)
     note = (f" ({reused} of {len(rows)} runs had finished in an earlier invocation and were "
             f"reused; their own times are in the seconds column)" if reused else "")
@@ -745,6 +840,7 @@ def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselin
                  if trained else "") + ") and shared by the rows with those values."
               if baselines else "")
     lines = [f"Command: `{command}`; wall time {format_seconds(wall_seconds)} on this machine{note}.", "",
+             *([f"Environment: {describe_environment(env)}.", ""] if env else []),
              f"Scores are held-out (fit on {eval_size} fresh samples, scored on {eval_size} others), "
              "mean ± standard deviation over seeds. Identity: the observations x = g(z) "
              "themselves. Supervised: the same encoder trained by regression onto z, with the "
@@ -794,99 +890,6 @@ def learning_curve_line(name, rows, out_root):
 
 
 # ----------------------------------------------------------------------------
-# Benchmark of the training step (README "Speed")
-# ----------------------------------------------------------------------------
-
-REFERENCE_WIDTHS = (100, 500, 500, 500, 500, 100)
-
-
-def encoder_gemm_shapes(n, widths, rows):
-    """(m, k, n) of every matrix product in one forward and backward pass of the
-    encoder over `rows` inputs (the input layer needs no gradient for x)."""
-    sizes = [n, *widths, n]
-    shapes = []
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        shapes.append((rows, fan_in, fan_out))          # forward h @ W
-        shapes.append((fan_in, rows, fan_out))          # gradient of W: hᵀ g
-        if layer > 0:
-            shapes.append((rows, fan_out, fan_in))      # gradient of h: g Wᵀ
-    return shapes
-
-
-def gemm_operands(shapes, dtype):
-    rng = np.random.default_rng(0)
-    return [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
-            for m, k, n in shapes]
-
-
-def time_gemms(operands):
-    start = time.perf_counter()
-    for a, b in operands:
-        a @ b
-    return time.perf_counter() - start
-
-
-def bench_step(loss, dtype, batch_size, includes_sampling, widths=REFERENCE_WIDTHS, steps=20,
-               warmup=3):
-    """Median milliseconds of one training step of an encoder of `widths` at N = 10,
-    and numpy's rate on the same matrix products, timed between the steps so that
-    both see the same machine load."""
-    base = dict(n=10, widths=tuple(widths), batch_size=batch_size, dtype=dtype, tau=1.0,
-                cond_pool=1000, lr=1e-4)
-    if loss == "dot":
-        cfg = C.Config(**base, space="sphere", conditional="vmf", head="sphere", p=None)
-    else:
-        cfg = C.Config(**base, space="box", conditional="laplace", head="none", p=1.0)
-    rng = np.random.default_rng(0)
-    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
-    params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
-    adam = C.adam_init(params)
-    fixed = contrastive_batch(cfg, mixing, rng)
-    shapes = encoder_gemm_shapes(cfg.n, cfg.widths, 2 * batch_size)
-    if loss == "dot":  # S = h_tilde hᵀ and its two gradient products
-        shapes += [(batch_size, cfg.n, batch_size), (batch_size, batch_size, cfg.n),
-                   (batch_size, batch_size, cfg.n)]
-    operands = gemm_operands(shapes, dtype)
-    step_times, gemm_times = [], []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        batch = contrastive_batch(cfg, mixing, rng) if includes_sampling else fixed
-        _, params, adam = C.train_step(C.contrastive_objective, params, adam, batch, cfg, cfg.lr)
-        step_times.append(time.perf_counter() - start)
-        gemm_times.append(time_gemms(operands))
-    step_seconds = float(np.median(step_times[warmup:]))
-    gemm_seconds = float(np.median(gemm_times[warmup:]))
-    gflop = sum(2 * m * k * n for m, k, n in shapes) / 1e9
-    return {"loss": loss, "dtype": dtype, "batch_size": batch_size,
-            "includes_sampling": includes_sampling, "step_ms": round(1000 * step_seconds, 2),
-            "gflop": round(gflop, 3), "gflops": round(gflop / step_seconds, 1),
-            "gemm_gflops": round(gflop / gemm_seconds, 1),
-            "efficiency": round(gemm_seconds / step_seconds, 3),
-            "widths": list(cfg.widths), "steps_timed": steps, "threads": blas_threads()}
-
-
-GRID_WIDTHS = (128, 128, 128, 128)
-
-
-def run_bench(say=print):
-    """One JSON line per setting of the step benchmark: the paper's encoder at
-    batch 1024 and 256, then the grid presets' shape (batch 512, four layers of
-    128). gflop counts matrix products only (the L1 loss's pairwise differences
-    are not products)."""
-    settings = [(batch, REFERENCE_WIDTHS, loss, dtype, sampling) for batch in (1024, 256)
-                for loss in ("dot", "l1") for dtype in ("float32", "float64")
-                for sampling in (False, True)]
-    settings += [(512, GRID_WIDTHS, loss, "float32", sampling) for loss in ("dot", "l1")
-                 for sampling in (False, True)]
-    rows = []
-    for batch_size, widths, loss, dtype, includes_sampling in settings:
-        row = bench_step(loss, dtype, batch_size, includes_sampling, widths)
-        say(json.dumps(row))
-        rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
 
@@ -929,7 +932,7 @@ OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "step
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
              "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
-             "lr_timescale", "stop_r2")
+             "lr_timescale", "stop_r2", "loss_form")
 
 
 def make_parser():
@@ -939,9 +942,9 @@ def make_parser():
     what = parser.add_argument_group("what to run")
     what.add_argument("--preset", help=f"a preset name (see --list; default {DEFAULT_PRESET})")
     what.add_argument("--list", action="store_true", help="print every preset and exit")
-    what.add_argument("--bench", action="store_true",
-                      help="time the training step of the paper's encoder and of the grid's; "
-                      "JSON lines")
+    what.add_argument("--recipe", choices=tuple(RECIPES),
+                      help="'official': the reference code's widths, batch, rate, loss form and "
+                      "initialisation on the preset's data (default: the preset's CPU recipe)")
     what.add_argument("--threads", type=int,
                       help="threads of numpy's BLAS for this process (default: as the BLAS chose)")
     what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
@@ -1000,6 +1003,8 @@ def make_parser():
                        help="learn the sphere head's radius")
     model.add_argument("--self-pair", action=argparse.BooleanOptionalAction,
                        help="add the anchor paired with itself to every row of the loss (README §5)")
+    model.add_argument("--loss-form", choices=C.LOSS_FORMS,
+                       help="'paper' (default) or the reference code's 'official' row (README §5)")
     model.add_argument("--self-pair-until", type=optional_int,
                        help="drop the self pair from this step on ('none': keep it to the end)")
     return parser
@@ -1014,7 +1019,9 @@ def describe_recipe(cfg):
                                    if cfg.lr_timescale is not None else "")
     self_pair = ("self pair" if cfg.self_pair_until is None
                  else f"self pair for the first {cfg.self_pair_until} steps")
-    extras = [name for name, on in ((self_pair, cfg.self_pair), ("learned radius", cfg.learn_radius))
+    extras = [name for name, on in ((self_pair, cfg.self_pair), ("learned radius", cfg.learn_radius),
+                                    ("official loss form", cfg.loss_form == "official"),
+                                    ("PyTorch's initialisation", cfg.uniform_bias))
               if on]
     return ", ".join([f"{cfg.steps} steps", f"batch {cfg.batch_size}", f"widths {widths}", schedule,
                       *extras])
@@ -1026,6 +1033,9 @@ def list_presets():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {preset.setting}{mark}\n{'':<{width}}  expect: {preset.expect} "
               f"[{describe_bars(preset)}]\n{'':<{width}}  recipe: {describe_recipe(preset.config)}")
+    official = ", ".join(f"{k} {list(v) if isinstance(v, tuple) else v}"
+                         for k, v in RECIPES["official"].items())
+    print(f"\n--recipe official, on any preset, sets: {official}; the preset's steps and data stay")
 
 
 def check_writable(directory):
@@ -1089,14 +1099,12 @@ def main(argv=None):
                 raise ValueError("--threads: numpy's BLAS is not an OpenBLAS whose thread count "
                                  "can be set at run time; set OPENBLAS_NUM_THREADS or "
                                  "OMP_NUM_THREADS instead")
-        if args.bench:
-            run_bench()
-            return 0
         if args.shard and not args.grid:
             raise ValueError("--shard runs a share of the grid; use it with --grid")
         if args.preset is not None and args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-        overrides = {field: getattr(args, field) for field in OVERRIDES if hasattr(args, field)}
+        overrides = {**RECIPES[args.recipe or "cpu"],
+                     **{field: getattr(args, field) for field in OVERRIDES if hasattr(args, field)}}
         if args.grid:
             if args.seeds < 1 or args.jobs < 1:
                 raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")

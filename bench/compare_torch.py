@@ -130,6 +130,7 @@ def main(argv=None):
         return 0
     print(f"# torch {torch.__version__}, numpy {np.__version__}; medians of {8 * args.rounds} "
           f"steps each, in alternating blocks; ratio = clref / torch")
+    print(f"# {train.describe_environment(train.environment())}")
     print(f"{'row':<10} {'batch':>5} {'widths':<26} {'loss':<4} {'threads':>7} "
           f"{'clref ms':>9} {'torch ms':>9} {'ratio':>6}")
     rows = []

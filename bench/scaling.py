@@ -47,7 +47,7 @@ def step_and_loss_ms(loss, batch, n):
     and of the loss alone (value and gradient for h and h_tilde)."""
     model = ({"space": "sphere", "conditional": "vmf", "head": "sphere", "p": None} if loss == "dot"
              else {"space": "box", "conditional": "laplace", "head": "none", "p": 1.0})
-    cfg = C.Config(n=n, widths=train.GRID_WIDTHS, batch_size=batch, tau=1.0, lr=1e-4,
+    cfg = C.Config(n=n, widths=train.CPU.widths, batch_size=batch, tau=1.0, lr=1e-4,
                    cond_pool=1000, **model)
     rng = np.random.default_rng(0)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)

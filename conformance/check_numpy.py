@@ -1,4 +1,4 @@
-"""An independent port of infonce (with gradients), linear_r2 and mcc in plain
+"""An independent port of infonce (both forms, with gradients), linear_r2 and mcc in plain
 NumPy, checked against vectors.json. It reads only the JSON file, not clref:
 copy the pattern to check a port in another framework.
 
@@ -44,6 +44,36 @@ def infonce_with_grads(h, h_tilde, tau, p, self_pair=False):
     return value, np.einsum("ij,ijk->jk", g, ds), -np.einsum("ij,ijk->ik", g, ds)
 
 
+def lp_derivative(d, p, tau):
+    """d/da of -|a - b|^p / tau at d = a - b: -p |d|^(p-1) sign(d) / tau (sign(0) = 0)."""
+    return -p * np.abs(d) ** (p - 1) * np.sign(d) / tau
+
+
+def official_infonce_with_grads(h, h_tilde, tau, p):
+    """The reference code's form: row i holds A[i, j] = s(h_i, h_j) / tau for every
+    j, and P_i = s(h_i, h_tilde_i) / tau; loss = mean_i(-P_i + logsumexp(A[i], P_i))."""
+    b = len(h)
+    if p is None:
+        a, pos = h @ h.T / tau, np.sum(h * h_tilde, axis=1) / tau
+    else:
+        a = -np.sum(np.abs(h[:, None, :] - h[None, :, :]) ** p, axis=2) / tau
+        pos = -np.sum(np.abs(h - h_tilde) ** p, axis=1) / tau
+    rows = np.hstack([a, pos[:, None]])
+    top = rows.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+    value = np.mean(lse - pos)
+    weights = np.exp(rows - lse[:, None]) / b
+    w, g_pos = weights[:, :b], weights[:, b] - 1.0 / b       # dLoss/dA, dLoss/dP
+    if p is None:
+        grad_h = (w + w.T) @ h / tau + g_pos[:, None] * h_tilde / tau
+        return value, grad_h, g_pos[:, None] * h / tau
+    da = lp_derivative(h[:, None, :] - h[None, :, :], p, tau)    # dA[i, j]/dh_i; -that for h_j
+    dp = lp_derivative(h - h_tilde, p, tau)                       # dP_i/dh_i; -that for h_tilde_i
+    grad_h = (np.einsum("ij,ijk->ik", w, da) - np.einsum("ij,ijk->jk", w, da)
+              + g_pos[:, None] * dp)
+    return value, grad_h, -g_pos[:, None] * dp
+
+
 def linear_r2(z, h, z_eval=None, h_eval=None):
     if z_eval is None:
         z_eval, h_eval = z, h
@@ -74,8 +104,12 @@ def check(case, dtype=np.float64):
     a = {k: (np.array(v, dtype=dtype) if isinstance(v, list) else v) for k, v in args.items()}
     if fn == "infonce":
         tau = dtype(a["tau"])
-        value, grad_h, grad_h_tilde = infonce_with_grads(a["h"], a["h_tilde"], tau, a["p"],
-                                                         a.get("self_pair", False))
+        if a.get("form", "paper") == "official":
+            value, grad_h, grad_h_tilde = official_infonce_with_grads(a["h"], a["h_tilde"], tau,
+                                                                      a["p"])
+        else:
+            value, grad_h, grad_h_tilde = infonce_with_grads(a["h"], a["h_tilde"], tau, a["p"],
+                                                             a.get("self_pair", False))
         return (close(value, want["value"], tol) and close(grad_h, want["grad_h"], tol)
                 and close(grad_h_tilde, want["grad_h_tilde"], tol))
     if fn == "linear_r2":
