@@ -138,13 +138,16 @@ def environment():
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
         "cpu": read(_cpu_model), "cores": read(os.cpu_count),
         "git_commit": read(lambda: _git("rev-parse", "HEAD")),
-        "git_dirty": read(lambda: bool(_git("status", "--porcelain", "--untracked-files=no"))),
+        "git_dirty": read(lambda: bool(_git("status", "--porcelain", "--untracked-files=no",
+                                            "--", "*.py"))),   # changes to the code
     }
 
 
 def describe_environment(env):
-    """One line: 'numpy 2.4.0, OpenBLAS ... (Haswell kernel, 1 thread), AMD EPYC, 2 cores, commit abc1234'."""
-    commit = str(env["git_commit"])[:10] + (" with uncommitted changes" if env["git_dirty"] is True else "")
+    """One line: 'Python 3.11.7, numpy 2.4.6, ... (Haswell kernel, 1 BLAS threads), AMD EPYC,
+    2 cores, commit abc1234'."""
+    commit = str(env["git_commit"])[:10] + (" with uncommitted code changes"
+                                             if env["git_dirty"] is True else "")
     return (f"Python {env['python']}, numpy {env['numpy']}, autograd {env['autograd']}, "
             f"{env['blas']} {env['blas_version']} ({env['blas_kernel']} kernel, "
             f"{env['blas_threads']} BLAS threads), {env['cpu']}, {env['cores']} cores, "
