@@ -211,7 +211,7 @@ def training_rows(torch, official, steps, batch, seed=0):
         optimiser.step()
         _, params, state = C.train_step(C.contrastive_objective, params, state, (x, x_tilde), cfg, cfg.lr)
         if step in marks:
-            rows.append((f"training: parameters after {step} steps, batch {batch}",
+            rows.append((f"training: parameters after {step} step{'s' if step > 1 else ''}, batch {batch}",
                          relative_difference(params, f, torch), "relative"))
     return rows
 
