@@ -4,6 +4,7 @@ python plots.py RUN_DIR                      # curves.png, latents.png, correlat
 python plots.py --grid results/              # grid.png from results/grid.csv
 python plots.py --compare OUT.png RUN_DIR... # learning curves of several runs, and a table
 python plots.py --official-curve CURVE.csv   # the official recipe in clref and in the official code
+python plots.py --doublings RUN_DIR          # a run's R² at every doubling of the pairs seen
 
 Everything is read from the files of a run directory or a results directory
 (README "Files"); this module imports clref and matplotlib, not train.
@@ -268,6 +269,23 @@ def compare_runs(out_path, run_dirs, minutes=(5, 10, 30)):
     return "\n".join(lines)
 
 
+def doubling_table(run_dir):
+    """A Markdown table of a run's held-out R² at every doubling of the pairs seen,
+    from its first evaluation on, with the training seconds at each."""
+    cfg, log = read_config(run_dir), read_log(run_dir)
+    pairs = log["step"] * cfg.batch_size
+    lines = ["| pairs seen | step | held-out R² | 1 - R² | MCC | training time |", "|---|---|---|---|---|---|"]
+    target = pairs[0]
+    for k, seen in enumerate(pairs):
+        if seen >= target or k == len(pairs) - 1:
+            hours = log["seconds"][k] / 3600
+            lines.append(f"| {seen / 1e6:,.1f} M | {int(log['step'][k])} | {log['r2'][k]:.4f} | "
+                         f"{1 - log['r2'][k]:.4f} | {log['mcc'][k]:.4f} | {hours:.2f} h |")
+            while target <= seen:
+                target *= 2
+    return "\n".join(lines)
+
+
 def plot_official_curve(csv_path):
     """curve.png beside the curve.csv of bench/compare_official.py --curve: held-out
     R² against steps for the official code and clref, trained side by side."""
@@ -291,12 +309,18 @@ def main(argv=None):
     parser.add_argument("--grid", metavar="RESULTS_DIR", help="draw grid.png from RESULTS_DIR/grid.csv")
     parser.add_argument("--compare", metavar="PNG", help="draw the learning curves of the run "
                         "directories into PNG and print a table of their R² after 5, 10 and 30 min")
+    parser.add_argument("--doublings", action="store_true",
+                        help="print a table of the run's R² at every doubling of the pairs seen")
     parser.add_argument("--official-curve", metavar="CSV",
                         help="draw curve.png beside the curve.csv of bench/compare_official.py --curve")
     args = parser.parse_args(argv)
     if not args.run_dir and not args.grid and not args.official_curve:
         parser.error("give a run directory, --grid RESULTS_DIR or --official-curve CSV")
     try:
+        if args.doublings:
+            for run_dir in args.run_dir:
+                print(doubling_table(run_dir))
+            return 0
         if args.official_curve:
             paths = plot_official_curve(args.official_curve)
         elif args.compare:

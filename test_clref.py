@@ -708,6 +708,9 @@ def test_run_directory_holds_config_log_metrics_and_checkpoint(tmp_path):
         assert key in metrics, f"metrics.json lacks {key}"
     config = json.loads((tmp_path / "config.json").read_text())
     assert C.Config.from_dict({k: v for k, v in config.items() if k != "preset"}) == TINY
+    here = train.supervised_from_seed(TINY)   # the baseline trained in this process
+    assert (metrics["supervised_r2"], metrics["supervised_mcc"]) == (here["r2"], here["mcc"]), (
+        "the baseline trained alongside the run differs from the same baseline trained here")
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):

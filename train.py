@@ -519,7 +519,7 @@ def supervised_steps(cfg):
     return cfg.steps if cfg.supervised_steps is None else cfg.supervised_steps
 
 
-def supervised_baseline(cfg, mixing, sets, rng, say):
+def supervised_baseline(cfg, mixing, sets, rng):
     """The same encoder trained by regression onto z with the run's batch size and
     learning-rate schedule, for supervised_steps(cfg) steps: the best this
     architecture does with the labels contrastive learning never sees."""
@@ -535,10 +535,64 @@ def supervised_baseline(cfg, mixing, sets, rng, say):
         batch = supervised_batch(cfg, mixing, rng)
         _, params, adam = C.train_step(C.supervised_objective, params, adam, batch, cfg,
                                        C.learning_rate(schedule, step))
-    result = {**evaluate(cfg, params, "none", sets), "steps": steps,
-              "seconds": round(time.time() - start, 2)}
-    say(f"supervised baseline ({steps} steps): r2 {result['r2']:.4f}  mcc {result['mcc']:.4f}")
-    return result
+    return {**evaluate(cfg, params, "none", sets), "steps": steps,
+            "seconds": round(time.time() - start, 2)}
+
+
+def supervised_from_seed(cfg):
+    """The supervised baseline of cfg, with the mixing, evaluation sets and random
+    stream that a run of cfg draws from its seed: the same numbers in any process."""
+    init_rng, _, eval_rng, supervised_rng = C.run_generators(cfg.seed)
+    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
+    sets = C.evaluation_sets(cfg, mixing, eval_rng)
+    return supervised_baseline(cfg, mixing, sets, supervised_rng)
+
+
+def _ignore_ctrl_c():
+    """A helper process leaves Ctrl-C (sent to the whole process group) to its
+    parent, which ends it with SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def baseline_alongside(cfg):
+    """Train cfg's supervised baseline in a second process while the block runs,
+    each process with one BLAS thread, so that a single run's baseline costs no wall
+    time on two cores (README "The default run"). Yields a function that waits for
+    the result; on one core there is no second process and the function trains the
+    baseline when called. The second process ends with the block."""
+    if (os.cpu_count() or 1) < 2:
+        yield lambda: supervised_from_seed(cfg)
+        return
+    from multiprocessing import get_context
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    try:
+        pool = get_context("spawn").Pool(1, _ignore_ctrl_c)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    pending = pool.apply_async(supervised_from_seed, (cfg,))
+    threads = blas_threads()
+    set_blas_threads(1)
+
+    def result():
+        while not pending.ready():
+            if stop_requested():
+                raise Interrupted(None, supervised_steps(cfg), "the supervised baseline")
+            pending.wait(0.2)
+        return pending.get()
+
+    try:
+        yield result
+    finally:
+        pool.terminate()
+        pool.join()
+        if threads is not None:
+            set_blas_threads(threads)
 
 
 def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
@@ -547,7 +601,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     baseline, also trains the supervised baseline (the grid shares baselines
     between rows instead)."""
     C.check_config(cfg)
-    init_rng, data_rng, eval_rng, supervised_rng = C.run_generators(cfg.seed)
+    init_rng, data_rng, eval_rng, _ = C.run_generators(cfg.seed)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
                             cfg.learn_radius, cfg.identity_init, cfg.uniform_bias)
@@ -566,7 +620,18 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     z_fit, x_fit, z_eval, x_eval = sets
     identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
-    state = train_loop(cfg, state, sets, run_dir, say)
+    alongside = baseline_alongside(cfg) if baseline and supervised_steps(cfg) else None
+    with alongside or contextlib.nullcontext() as supervised:
+        state = train_loop(cfg, state, sets, run_dir, say)
+        metrics = finish_run(cfg, state, sets, preset, identity, supervised, say)
+    if run_dir:
+        write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def finish_run(cfg, state, sets, preset, identity, supervised, say):
+    """The metrics of a trained run; `supervised()`, when given, returns its
+    supervised baseline."""
     last = (state["log"][-1] if state["log"]          # no log row when steps = 0
             else {"loss": float("nan"), **evaluate(cfg, state["params"], cfg.head, sets)})
     metrics = {"preset": preset, "seed": cfg.seed, "steps": state["step"], "n": cfg.n,
@@ -574,15 +639,15 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
                "learn_radius": cfg.learn_radius,
                "seconds": round(state["seconds"], 2), "loss": last["loss"], "r2": last["r2"],
                "mcc": last["mcc"], "identity_r2": identity["r2"], "identity_mcc": identity["mcc"]}
-    if baseline and supervised_steps(cfg):
-        supervised = supervised_baseline(cfg, mixing, sets, supervised_rng, say)
-        metrics.update(supervised_r2=supervised["r2"], supervised_mcc=supervised["mcc"],
-                       supervised_steps=supervised["steps"])
+    if supervised is not None:
+        result = supervised()
+        say(f"supervised baseline ({result['steps']} steps): r2 {result['r2']:.4f}  "
+            f"mcc {result['mcc']:.4f}")
+        metrics.update(supervised_r2=result["r2"], supervised_mcc=result["mcc"],
+                       supervised_steps=result["steps"])
     if preset in PRESETS:
         metrics.update(expect=PRESETS[preset].expect, bars=describe_bars(PRESETS[preset]),
                        met=bars_met(PRESETS[preset], metrics))
-    if run_dir:
-        write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
 
 
@@ -672,11 +737,7 @@ def _baseline_job(cfg, run_dir, resume):
         print(f"supervised baseline {os.path.basename(run_dir)}: already finished", flush=True)
         return {**done, "reused": True}
     os.makedirs(run_dir, exist_ok=True)
-    init_rng, _, eval_rng, supervised_rng = C.run_generators(cfg.seed)
-    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
-    sets = C.evaluation_sets(cfg, mixing, eval_rng)
-    result = {"key": supervised_key(cfg),
-              **supervised_baseline(cfg, mixing, sets, supervised_rng, say=lambda line: None)}
+    result = {"key": supervised_key(cfg), **supervised_from_seed(cfg)}
     write_json(path, result)
     print(f"supervised baseline {os.path.basename(run_dir)}: r2 {result['r2']:.3f}, "
           f"mcc {result['mcc']:.3f} in {format_seconds(result['seconds'])}", flush=True)
@@ -1146,7 +1207,7 @@ def main(argv=None):
         return 1
     except Interrupted as stop:
         where = (f"at step {stop.step} of {stop.steps}" if stop.phase == "training" else
-                 f"in {stop.phase} (its step {stop.step} of {stop.steps}; training is saved)")
+                 f"in {stop.phase} (training is saved)")
         command = continue_command(argv, ["--preset", preset, "--seed", str(cfg.seed)],
                                    drop=("--resume", "--preset", "--seed"))
         print(f"interrupted {where}; continue with: {command}", file=sys.stderr)
