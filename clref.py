@@ -899,7 +899,7 @@ def adam_init(params):
 
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """One Adam step, Algorithm 1 of Kingma & Ba (2015), as PyTorch writes it:
+    """One Adam step, Algorithm 1 of Kingma & Ba (2015; README §5), as PyTorch writes it:
     w <- w - lr m_hat / (sqrt(v_hat) + eps), eps added after the bias correction of
     v; returns new (params, state). `params` is left untouched; the moment buffers
     of `state` are updated in place (they belong to the optimiser)."""
@@ -926,8 +926,8 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
 def learning_rate(cfg, step):
     """Learning rate at `step` (0-based): linear warm-up, then constant, a cosine
     decay from cfg.lr to cfg.lr_final over cfg.steps, or lr sqrt(T / (T + t)) with
-    T = cfg.lr_timescale and t the steps since the warm-up (README "The experiment
-    grid": the CPU recipe)."""
+    T = cfg.lr_timescale and t the steps since the warm-up (README §5: optimiser
+    and schedule)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.lr_timescale is not None:

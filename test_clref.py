@@ -849,7 +849,7 @@ def test_cli_list_names_every_preset(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Interrupting a run: SIGINT and SIGTERM keep the work (README "Interrupting")
+# Interrupting a run: SIGINT and SIGTERM keep the work (README "Interrupting, resuming, and many machines")
 # ----------------------------------------------------------------------------
 
 SLOW_TINY = ["--n", "3", "--widths", "8,8", "--batch-size", "32", "--eval-every", "500",

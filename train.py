@@ -114,7 +114,7 @@ def _git(*args):
 
 
 def environment():
-    """Where a run ran (README "Reproducing a number"): versions, BLAS and its kernel,
+    """Where a run ran (README "The default run"): versions, BLAS and its kernel,
     CPU, threads, git commit. Every field that cannot be read is "unknown"; this
     never raises."""
     import platform
@@ -181,7 +181,7 @@ class Preset:
 # and as fast to fit here), batch 512 instead of 6144, 12 000 steps instead of
 # ~300 000, Adam with 100 warm-up steps and a cosine decay to 1e-5. N = 10 and
 # the mixing (3 layers, conditioned as in the reference code) are the paper's.
-# Measured: README "Results".
+# Measured: results/recipes.md and the grid (README "The experiment grid").
 CPU = C.Config(n=10, widths=(128, 128, 128, 128), batch_size=512, steps=12000, lr=1e-3,
                lr_final=1e-5, warmup=100, eval_every=500, supervised_steps=8000)
 # The supervised baseline trains with a recipe of its own: regression onto z reaches

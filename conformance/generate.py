@@ -42,42 +42,24 @@ def infonce_cases(rng):
     return cases
 
 
-def self_pair_cases(rng):
-    """infonce with the self pair: each row's log-sum-exp also holds s(h_i, h_i) / tau."""
+def option_cases(rng, option, note):
+    """infonce with one option set, e.g. {"self_pair": True} (each row's log-sum-exp
+    also holds s(h_i, h_i) / tau) or {"form": "official"} (row i holds s(h_i, h_j) / tau
+    for every anchor j, i itself included, and the positive s(h_i, h_tilde_i) / tau)."""
     cases = []
     for p in (None, 1, 2, 3):
         for batch, dim in ((5, 2), (12, 4)):
             h, h_tilde = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
             if p is None:
                 h, h_tilde = 1.5 * C.normalize(h), 1.5 * C.normalize(h_tilde)
-            args = (h, h_tilde, 0.5, p, True)
+            args = (h, h_tilde, 0.5, p)
             cases.append({
                 "function": "infonce",
-                "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "tau": 0.5, "p": p,
-                         "self_pair": True},
-                "expected": {"value": C.infonce(*args), "grad_h": as_list(grad(C.infonce, 0)(*args)),
-                             "grad_h_tilde": as_list(grad(C.infonce, 1)(*args))},
-                "tolerance": EXACT, "note": "with the self pair"})
-    return cases
-
-
-def official_form_cases(rng):
-    """infonce with form "official": row i holds s(h_i, h_j) / tau for every anchor j
-    (i itself included) and the positive s(h_i, h_tilde_i) / tau."""
-    cases = []
-    for p in (None, 1, 2, 3):
-        for batch, dim in ((5, 2), (12, 4)):
-            h, h_tilde = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
-            if p is None:
-                h, h_tilde = 1.5 * C.normalize(h), 1.5 * C.normalize(h_tilde)
-            args = (h, h_tilde, 0.5, p, False, "official")
-            cases.append({
-                "function": "infonce",
-                "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "tau": 0.5, "p": p,
-                         "form": "official"},
-                "expected": {"value": C.infonce(*args), "grad_h": as_list(grad(C.infonce, 0)(*args)),
-                             "grad_h_tilde": as_list(grad(C.infonce, 1)(*args))},
-                "tolerance": EXACT, "note": "the reference code's form"})
+                "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "tau": 0.5, "p": p, **option},
+                "expected": {"value": C.infonce(*args, **option),
+                             "grad_h": as_list(grad(C.infonce, 0)(*args, **option)),
+                             "grad_h_tilde": as_list(grad(C.infonce, 1)(*args, **option))},
+                "tolerance": EXACT, "note": note})
     return cases
 
 
@@ -181,8 +163,9 @@ def build():
     rng = np.random.default_rng(20210216)
     cases = (infonce_cases(rng) + alignment_uniformity_cases(rng) + metric_cases(rng)
              + assignment_cases(rng) + mixing_encoder_cases(rng) + sampler_cases()
-             + self_pair_cases(np.random.default_rng(20260301))
-             + official_form_cases(np.random.default_rng(20261201)))
+             + option_cases(np.random.default_rng(20260301), {"self_pair": True}, "with the self pair")
+             + option_cases(np.random.default_rng(20261201), {"form": "official"},
+                            "the reference code's form"))
     return {"version": VERSION, "generator": "python conformance/generate.py", "cases": cases}
 
 
