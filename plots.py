@@ -297,7 +297,7 @@ def plot_official_curve(csv_path):
     ax.plot(step, [float(r["clref_r2"]) for r in rows], ls="--", color="black", label="clref")
     ax.set(xlabel=f"steps (batch {int(float(rows[-1]['pairs']) / max(step[-1], 1))})",
            ylabel="held-out linear R²",
-           title="official recipe on the default row (float32, same weights and batches)")
+           title="official recipe on the default row (same weights and batches)")
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, os.path.join(os.path.dirname(os.path.abspath(csv_path)), "curve.png"))

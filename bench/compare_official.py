@@ -250,15 +250,16 @@ def first_reaching(log_path, r2=0.99):
     return None
 
 
-def curve(torch, official, steps, out_dir, batch=6144, every=50, seed=0):
+def curve(torch, official, steps, out_dir, batch=6144, dtype="float32", every=50, seed=0):
     """Held-out R² of both trainings every `every` steps, written to out_dir/curve.csv."""
     torch.set_num_threads(1)
     train.set_blas_threads(1)
-    cfg = default_row_config("float32", batch)
+    torch.set_default_dtype(getattr(torch, dtype))
+    cfg = default_row_config(dtype, batch)
     init_rng, data_rng, eval_rng, _ = C.run_generators(seed)
     mixing = C.make_mixing(N, 3, init_rng, cfg.cond_pool)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
-    f = official_encoder(torch, official, seed, "float32")
+    f = official_encoder(torch, official, seed, dtype)
     optimiser = torch.optim.Adam(f.parameters(), lr=cfg.lr)
     loss = official_loss(official, cfg.p, cfg.tau)
     params, state = clref_params(torch, f), None
@@ -316,6 +317,9 @@ def main(argv=None):
                         help="instead of the table: the official recipe in both, STEPS steps")
     parser.add_argument("--curve-out", default=os.path.join(HERE, "..", "results", "official"),
                         help="where --curve writes curve.csv")
+    parser.add_argument("--curve-batch", type=int, default=6144, help="batch of --curve")
+    parser.add_argument("--curve-dtype", choices=("float32", "float64"), default="float32",
+                        help="precision of --curve")
     args = parser.parse_args(argv)
     if args.train_steps < 1 or args.batch < 2 or (args.curve is not None and args.curve < 1):
         parser.error("--train-steps and --curve must be >= 1, --batch >= 2")
@@ -327,8 +331,7 @@ def main(argv=None):
     print(f"# torch {torch.__version__}; official modules from {os.path.abspath(args.official)}")
     print(f"# {train.describe_environment(train.environment())}")
     if args.curve is not None:
-        torch.set_default_dtype(torch.float32)
-        rows = curve(torch, official, args.curve, args.curve_out)
+        rows = curve(torch, official, args.curve, args.curve_out, args.curve_batch, args.curve_dtype)
         reached = first_reaching(os.path.join(HERE, "..", "results", "default", "log.csv"))
         print(json.dumps(rows[-1]))
         if reached:
