@@ -195,9 +195,10 @@ SPHERE = CPU.replace(space="sphere", head="sphere")
 # s/tau lie in [-1, 1] and the softmax cannot single the positive out (R² 0.76
 # and 0.85 after 12 000 steps). A learned radius r (README §4: the model's
 # concentration is r²/tau) grows to about 5 and recovers the latents. The Normal
-# row also takes batch 1024 and 18 000 steps: with fewer, one seed in three
-# ended with two latent directions folded (R² 0.845 at batch 512 and 24 000
-# steps, 0.798 at batch 1024 and 12 000; 0.975 at batch 1024 and 18 000).
+# row also takes batch 1024 and a peak rate of 3e-3: at batch 512 one seed in
+# three ended with two latent directions folded (R² 0.83-0.85 with a radius
+# starting at 5 or a rate of 3e-3); at batch 1024 and 3e-3, 12 000 steps gave
+# R² 0.991-0.995 on seeds 0-4 (results/recipes.md).
 SPHERE_TIGHT = SPHERE.replace(learn_radius=True)
 # The Lp losses saturate early (positives at distance ~lam, negatives ~20x
 # further) and learn slowly; a 3x higher peak rate helped (MCC 0.854 -> 0.886
@@ -234,7 +235,7 @@ PRESETS = {
         "sphere, uniform, Normal sigma=0.05 projected, dot loss tau=1, learned radius",
         "R² high (robustness)", R2_HIGH,
         SPHERE_TIGHT.replace(conditional="normal", sigma=0.05, tau=1.0, batch_size=1024,
-                             steps=18000)),
+                             lr=3e-3)),
     "sphere_nonuniform": Preset(
         "sphere, Normal(e1, 1) projected, vMF kappa=10, dot loss tau=0.1", "R² high (robustness)",
         R2_HIGH, SPHERE.replace(marginal="normal", marginal_scale=1.0, conditional="vmf",
