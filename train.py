@@ -622,12 +622,13 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
         if not resume:  # a finished run's metrics must never sit beside another config
             remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
-        record_environment(run_dir, state["step"])
     z_fit, x_fit, z_eval, x_eval = sets
     identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
     alongside = baseline_alongside(cfg) if baseline and supervised_steps(cfg) else None
     with alongside or contextlib.nullcontext() as supervised:
+        if run_dir:                  # the BLAS threads the training runs with
+            record_environment(run_dir, state["step"])
         state = train_loop(cfg, state, sets, run_dir, say)
         metrics = finish_run(cfg, state, sets, preset, identity, supervised, say)
     if run_dir:
