@@ -77,8 +77,8 @@ class Config:
     # evaluation and baselines (README §6)
     eval_every: int = 100          # steps between evaluations / checkpoints
     eval_size: int = 4096          # fresh samples to fit the linear map, as many to score it
-    supervised_steps: int = 0      # steps of the supervised baseline (0: skip it; None: as
-                                   # many as the run, with its schedule)
+    supervised_steps: int = 0      # steps of the supervised baseline, which has a recipe
+                                   # of its own (0: skip it; None: as many as the run)
     stop_r2: float = None          # stop early once held-out R² >= stop_r2 at two
                                    # evaluations in a row (None: run all the steps)
 
