@@ -554,6 +554,23 @@ def supervised_from_seed(cfg):
     return supervised_baseline(cfg, mixing, sets, supervised_rng)
 
 
+@contextlib.contextmanager
+def child_blas_threads(threads):
+    """Processes started within the block get `threads` BLAS threads
+    (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS); this process's environment is restored
+    after it."""
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _ignore_ctrl_c():
     """A helper process leaves Ctrl-C (sent to the whole process group) to its
     parent, which ends it with SIGTERM."""
@@ -571,16 +588,8 @@ def baseline_alongside(cfg):
         yield lambda: supervised_from_seed(cfg)
         return
     from multiprocessing import get_context
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    try:
+    with child_blas_threads(1):
         pool = get_context("spawn").Pool(1, _ignore_ctrl_c)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     pending = pool.apply_async(supervised_from_seed, (cfg,))
     threads = blas_threads()
     set_blas_threads(1)
@@ -846,13 +855,12 @@ def run_grid(args, overrides, out_root, results_dir, argv):
     STOP["event"] = context.Event()
     # the workers start fresh interpreters: share the cores among them, and let them
     # start with SIGINT and SIGTERM ignored until their own handlers are installed
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     try:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        pool = context.Pool(args.jobs, _grid_worker_init, (STOP["event"],))
+        with child_blas_threads(threads):
+            pool = context.Pool(args.jobs, _grid_worker_init, (STOP["event"],))
         for signum in STOP_SIGNALS:
             signal.signal(signum, request_stop)
         try:
@@ -863,11 +871,6 @@ def run_grid(args, overrides, out_root, results_dir, argv):
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, request_stop)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     wall = time.time() - start
     status = [r["status"] for r in results]
     finished = status.count("finished")
