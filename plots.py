@@ -110,7 +110,10 @@ def plot_latents(run_dir, cfg, z_fit, h_fit, z_eval, h_eval, steps):
     prediction = C.affine_predict(C.affine_fit(h_fit, z_fit), h_eval)
     r2 = C.r2_per_dimension(z_eval, prediction)
     n, shown = cfg.n, slice(0, 1500)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 1, 4.8), constrained_layout=True, squeeze=False)
+    # fixed margins: a constrained layout of 2N panels took most of a run's drawing time
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 1, 4.8), squeeze=False)
+    fig.subplots_adjust(left=0.5 / (1.9 * n + 1), right=0.99, bottom=0.1, top=0.84,
+                        wspace=0.35, hspace=0.6)
     for i in range(n):
         matched = h_eval[:, match[i]] * np.sign(rho[i, match[i]])
         axes[0, i].scatter(z_eval[shown, i], matched[shown], s=1, alpha=0.4)
