@@ -144,13 +144,13 @@ def environment():
 
 
 def describe_environment(env):
-    """One line: 'Python 3.11.7, numpy 2.4.6, ... (Haswell kernel, 1 BLAS threads), AMD EPYC,
+    """One line: 'Python 3.11.7, numpy 2.4.6, ... (Haswell kernel, BLAS threads 1), AMD EPYC,
     2 cores, commit abc1234'."""
     commit = str(env["git_commit"])[:10] + (" with uncommitted code changes"
                                              if env["git_dirty"] is True else "")
     return (f"Python {env['python']}, numpy {env['numpy']}, autograd {env['autograd']}, "
             f"{env['blas']} {env['blas_version']} ({env['blas_kernel']} kernel, "
-            f"{env['blas_threads']} BLAS threads), {env['cpu']}, {env['cores']} cores, "
+            f"BLAS threads {env['blas_threads']}), {env['cpu']}, {env['cores']} cores, "
             f"commit {commit}")
 
 
