@@ -1064,6 +1064,20 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
         "--grid --resume did not start runs whose configuration changed afresh")
 
 
+def test_grid_draws_the_figures_of_runs_that_missed_their_bar(tmp_path, monkeypatch):
+    import train
+    cfg = train.PRESETS["sphere_vmf_k10"].config.replace(
+        n=3, widths=(8, 8), batch_size=16, steps=4, eval_every=2, eval_size=64,
+        supervised_steps=0, cond_pool=100)
+    missed = train._run_job("sphere_vmf_k10", cfg, str(tmp_path / "missed"), True, False)
+    assert not missed["met"] and (tmp_path / "missed" / "curves.png").exists(), (
+        "a run that missed its bar got no figures")
+    monkeypatch.setattr(train, "bars_met", lambda preset, metrics: True)
+    met = train._run_job("sphere_vmf_k10", cfg, str(tmp_path / "met"), True, False)
+    assert met["met"] and not (tmp_path / "met" / "curves.png").exists(), (
+        "the grid drew the figures of a run that met its bar")
+
+
 # ----------------------------------------------------------------------------
 # Conformance vectors (conformance/)
 # ----------------------------------------------------------------------------

@@ -787,7 +787,9 @@ def _run_job(preset, cfg, run_dir, draw, resume):
     """One run of the grid. With resume, a finished run of the same configuration
     is read back and an interrupted one continues from its checkpoint; a run
     directory written for another configuration is started afresh. A run whose
-    loss became non-finite is reported as not met instead of stopping the grid."""
+    loss became non-finite is reported as not met instead of stopping the grid.
+    With draw, the figures of a run that missed its bar go into its directory
+    (`python plots.py DIR` draws those of any run)."""
     done = finished_metrics(run_dir, cfg) if resume else None
     if done is not None:
         print(f"{preset} seed {cfg.seed}: already finished", flush=True)
@@ -803,7 +805,7 @@ def _run_job(preset, cfg, run_dir, draw, resume):
                 "r2": float("nan"), "mcc": float("nan"), "identity_r2": float("nan"),
                 "identity_mcc": float("nan"), "expect": PRESETS[preset].expect, "met": False,
                 "bars": describe_bars(PRESETS[preset])}
-    if draw:
+    if draw and not metrics["met"]:  # the runs a reader opens; plots.py draws any other
         import plots
         plots.plot_run(run_dir)
     print(f"{preset} seed {cfg.seed}: {verdict(metrics, preset)}", flush=True)
@@ -1059,7 +1061,8 @@ def make_parser():
                       help="continue from the run's checkpoint; with --grid, keep finished runs "
                       "and continue interrupted ones")
     what.add_argument("--quiet", action="store_true", help="print only the verdict")
-    what.add_argument("--no-plots", action="store_true", help="do not draw each run's figures at its end")
+    what.add_argument("--no-plots", action="store_true", help="do not draw the run's figures at its end "
+                      "(the grid draws them only for runs that missed a bar)")
     opt = parser.add_argument_group("training (override the preset)",
                                     argument_default=argparse.SUPPRESS)
     opt.add_argument("--seed", type=int)
