@@ -901,8 +901,10 @@ def adam_init(params):
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step, Algorithm 1 of Kingma & Ba (2015; README §5), as PyTorch writes it:
     w <- w - lr m_hat / (sqrt(v_hat) + eps), eps added after the bias correction of
-    v; returns new (params, state). `params` is left untouched; the moment buffers
-    of `state` are updated in place (they belong to the optimiser)."""
+    v; returns new (params, state). `grads` is a tree shaped like `params` or the
+    list of its leaves in the order of `parameter_leaves`. `params` is left
+    untouched; the moment buffers of `state` are updated in place (they belong to
+    the optimiser)."""
     t = state["t"] + 1
     step, v_scale = lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t)
     new = []
@@ -946,7 +948,12 @@ def self_pair_active(cfg, step):
 
 def train_step(objective, params, state, batch, cfg, lr):
     """One optimisation step of `objective(params, *batch, cfg)`; returns
-    (loss, params, state)."""
-    loss, grads = value_and_grad(objective)(params, *batch, cfg)
+    (loss, params, state). The gradient is taken with respect to the flat list of
+    parameter arrays, in the order of `parameter_leaves`, which is the order Adam
+    reads them in: autograd then tracks one list instead of the nested tree, which
+    saves about half a millisecond a step and changes no number (README "Speed")."""
+    def of_leaves(leaves):
+        return objective(with_leaves(params, iter(leaves)), *batch, cfg)
+    loss, grads = value_and_grad(of_leaves)(parameter_leaves(params))
     params, state = adam_update(params, grads, state, lr)
     return float(loss), params, state
