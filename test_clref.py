@@ -1029,6 +1029,19 @@ def test_run_figures_are_drawn(tmp_path):
         assert_png(path)
 
 
+def test_grid_cost_is_counted_in_runs_of_the_default_preset_inside_the_grid():
+    import train
+    rows = [{"preset": train.DEFAULT_PRESET, "seconds": 100.0},
+            {"preset": train.DEFAULT_PRESET, "seconds": 140.0},
+            {"preset": "box_laplace_l1", "seconds": 500.0}]
+    line = train.grid_cost(rows, 600.0, 2)
+    assert "= 10.0 runs of the default preset" in line and "120 s a run" in line, line
+    assert train.grid_cost(rows, 600.0, None) is None
+    assert train.grid_cost(rows[2:], 600.0, 2) is None, "no default-preset run, yet a cost"
+    assert train.grid_cost([{**rows[0], "reused": True}] + rows[1:], 600.0, 2) is None, \
+        "a grid that reused runs has no wall time of its own to count"
+
+
 def test_grid_writes_csv_markdown_and_figure(tmp_path):
     import train
     code = train.main(["--grid", "--seeds", "2", "--jobs", "2", "--n", "3", "--steps", "4",
@@ -1046,6 +1059,7 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
     for name in train.GRID_PRESETS:
         assert f"| {name} |" in table, f"grid.md misses {name}"
     assert "Environment: Python " in table and "numpy " in table, "grid.md does not say where it ran"
+    assert "Cost: 2 processes × the wall time = " in table, "grid.md does not give the grid's cost"
     assert_png(tmp_path / "results" / "grid.png")
     before = (tmp_path / "results" / "grid.csv").read_text()
     code = train.main(["--grid", "--seeds", "2", "--jobs", "1", "--n", "3", "--steps", "4",

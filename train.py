@@ -877,12 +877,13 @@ def run_grid(args, overrides, out_root, results_dir, argv):
         index, count = args.shard
         jobs = jobs[index::count]
     os.makedirs(results_dir, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**environment(), "blas_threads": f"{threads} per run"}  # the code that runs the jobs
     start = time.time()
     context = get_context("spawn")
     STOP["event"] = context.Event()
     # the workers start fresh interpreters: share the cores among them, and let them
     # start with SIGINT and SIGTERM ignored until their own handlers are installed
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     try:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
@@ -914,10 +915,10 @@ def run_grid(args, overrides, out_root, results_dir, argv):
     rows = grid_rows(runs, {job[1]: r for job, r in zip(jobs, results)}, out_root)
     command = "python train.py " + shlex.join(argv)
     write_text(os.path.join(results_dir, "grid.csv"), csv_text(rows, GRID_COLUMNS))
-    env = {**environment(), "blas_threads": f"{threads} per run"}
     write_text(os.path.join(results_dir, "grid.md"),
                grid_markdown(rows, command, wall, runs[0][1].eval_size, out_root,
-                             [r for job, r in zip(jobs, results) if job[0] == "baseline"], env))
+                             [r for job, r in zip(jobs, results) if job[0] == "baseline"], env,
+                             args.jobs))
     import plots
     plots.plot_grid(results_dir)
     print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
@@ -930,7 +931,20 @@ def mean_std(values):
     return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=(), env=None):
+def grid_cost(rows, wall_seconds, jobs):
+    """A line with jobs × wall time in runs of the default preset timed inside the
+    same grid, or None when there are none or some runs were reused. Both terms are measured on
+    the machine in the same hour, so the ratio does not move with its speed."""
+    seconds = [r["seconds"] for r in rows if r["preset"] == DEFAULT_PRESET]
+    if not seconds or jobs is None or any(r.get("reused") for r in rows):
+        return None
+    return (f"Cost: {jobs} processes × the wall time = {jobs * wall_seconds / np.mean(seconds):.1f} "
+            f"runs of the default preset ({DEFAULT_PRESET}, {np.mean(seconds):.0f} s a run inside "
+            "this grid).")
+
+
+def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=(), env=None,
+                  jobs=None):
     reused = sum(bool(r.get("reused")) for r in rows)
     note = (f" ({reused} of {len(rows)} runs had finished in an earlier invocation and were "
             f"reused; their own times are in the seconds column)" if reused else "")
@@ -940,7 +954,9 @@ def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselin
               + (f", {np.mean([b['seconds'] for b in trained]):.0f} s each on average"
                  if trained else "") + ") and shared by the rows with those values."
               if baselines else "")
+    cost = grid_cost(rows, wall_seconds, jobs)
     lines = [f"Command: `{command}`; wall time {format_seconds(wall_seconds)} on this machine{note}.", "",
+             *([cost, ""] if cost else []),
              *([f"Environment: {describe_environment(env)}.", ""] if env else []),
              f"Scores are held-out (fit on {eval_size} fresh samples, scored on {eval_size} others), "
              "mean ± standard deviation over seeds. Identity: the observations x = g(z) "
