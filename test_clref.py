@@ -1068,6 +1068,8 @@ def test_grid_writes_csv_markdown_and_figure(tmp_path):
                        "--results", str(tmp_path / "results"), "--no-plots", "--resume"])
     after = (tmp_path / "results" / "grid.csv").read_text()
     assert code == 0 and after == before, "--grid --resume did not reuse the finished runs"
+    assert "Cost:" not in (tmp_path / "results" / "grid.md").read_text(), \
+        "a resumed grid gave a cost from a wall time that is not the grid's"
     code = train.main(["--grid", "--seeds", "1", "--jobs", "1", "--n", "3", "--steps", "6",
                        "--eval-every", "2", "--eval-size", "64", "--supervised-steps", "0",
                        "--widths", "8,8", "--batch-size", "16", "--out", str(tmp_path / "runs"),

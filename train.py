@@ -918,7 +918,7 @@ def run_grid(args, overrides, out_root, results_dir, argv):
     write_text(os.path.join(results_dir, "grid.md"),
                grid_markdown(rows, command, wall, runs[0][1].eval_size, out_root,
                              [r for job, r in zip(jobs, results) if job[0] == "baseline"], env,
-                             args.jobs))
+                             None if args.resume else args.jobs))  # resumed: no wall time of its own
     import plots
     plots.plot_grid(results_dir)
     print(f"grid: {sum(bool(r['met']) for r in rows)}/{len(rows)} runs met their bars; "
@@ -933,8 +933,9 @@ def mean_std(values):
 
 def grid_cost(rows, wall_seconds, jobs):
     """A line with jobs × wall time in runs of the default preset timed inside the
-    same grid, or None when there are none or some runs were reused. Both terms are measured on
-    the machine in the same hour, so the ratio does not move with its speed."""
+    same grid, or None when there are none, jobs is None or some runs were reused.
+    Both terms are measured in the same hour, so the machine's drift in speed from
+    day to day cancels out."""
     seconds = [r["seconds"] for r in rows if r["preset"] == DEFAULT_PRESET]
     if not seconds or jobs is None or any(r.get("reused") for r in rows):
         return None
