@@ -939,9 +939,9 @@ def grid_cost(rows, wall_seconds, jobs):
     seconds = [r["seconds"] for r in rows if r["preset"] == DEFAULT_PRESET]
     if not seconds or jobs is None or any(r.get("reused") for r in rows):
         return None
-    return (f"Cost: {jobs} processes × the wall time = {jobs * wall_seconds / np.mean(seconds):.1f} "
-            f"runs of the default preset ({DEFAULT_PRESET}, {np.mean(seconds):.0f} s a run inside "
-            "this grid).")
+    per_run = np.mean(seconds)
+    return (f"Cost: {jobs} processes × the wall time = {jobs * wall_seconds / per_run:.1f} runs "
+            f"of the default preset ({DEFAULT_PRESET}, {per_run:.0f} s a run inside this grid).")
 
 
 def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=(), env=None,
