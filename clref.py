@@ -585,6 +585,147 @@ def _check_tau(tau):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
 
 
+# The loss in row tiles (README §5, "Tiles"). A tile is T rows of S: for the
+# products (p None or 2) a (T, B) block, for the other p two (T, D, B) arrays of
+# coordinate differences. T is the largest count for which that block or array
+# has at most LOSS_TILE_ELEMENTS numbers (2 MiB in float32, within this machine's
+# 32 MiB L3 and of the order of its 1 MiB L2): of 2^16 ... 2^20, 2^19 was among the
+# fastest at every batch from 256 to 8192 (`python bench/scaling.py --tiles`,
+# results/scaling.md). Smaller tiles cost Python overhead per tile, larger ones
+# fall out of cache.
+LOSS_TILE_ELEMENTS = 1 << 19
+
+
+def tile_rows(batch, depth):
+    """Rows of S per tile when each row holds batch x depth numbers."""
+    return max(1, LOSS_TILE_ELEMENTS // (batch * depth))
+
+
+def _product_tile(q, keys, keys_t, tau, p):
+    """Scores S (T, C) of the query rows q against all keys for the dot product
+    (p None) or -||a - b||² = 2 aᵀb - ||a||² - ||b||² (p = 2), one matrix product,
+    and the map from weights W = d loss / d S to (grad q, transposed grad keys)."""
+    if p is None:
+        scores = (q / tau) @ keys_t
+
+        def backward(w):
+            w = w * (1.0 / tau)
+            return w @ keys, q.T @ w
+        return scores, backward
+    scores = ((2.0 / tau) * q) @ keys_t
+    scores -= np.sum(q * q, axis=1)[:, None] / tau
+    scores -= np.sum(keys * keys, axis=1)[None, :] / tau
+
+    def backward(w):                     # d S[i, j] / d q_i = 2 (k_j - q_i) / tau
+        w = w * (2.0 / tau)
+        return (w @ keys - np.sum(w, axis=1)[:, None] * q,
+                q.T @ w - np.sum(w, axis=0)[None, :] * keys_t)
+    return scores, backward
+
+
+def _lp_tile(q, keys_t, tau, p, work, ties):
+    """Scores S (T, C) = -Σ_k |d_ikj|^p / tau from the (T, D, C) differences
+    d_ikj = q_ik - k_jk, and the map from W = d loss / d S to (grad q, transposed
+    grad keys).
+    With slope = d|d|^p / dd = p |d|^(p-1) sign(d), sign(0) = 0 at ties,
+    d S / d q_ik = -slope / tau and d S / d k_jk = slope / tau. `work` holds two
+    (T, D, C) buffers; `ties` says whether some d may be 0 (elsewhere
+    sign(d) = d / |d|, one division, faster than numpy's sign)."""
+    slope, size = work
+    d = np.subtract(q[:, :, None], keys_t[None], out=slope)
+    np.abs(d, out=size)
+    if p == 1:
+        np.divide(d, size, out=slope, where=size > 0) if ties else np.divide(d, size, out=slope)
+    elif p >= 2:                         # p |d|^(p-1) sign(d) = p d |d|^(p-2)
+        slope *= _power(size, p - 2)
+        slope *= p
+    else:
+        np.multiply(np.sign(d), p * _power(size, p - 1), out=slope)
+    scores = np.sum(_power(size, p), axis=1)
+    scores *= -1.0 / tau
+
+    def backward(w):
+        w = w * (1.0 / tau)
+        grad_q = np.matmul(slope, w[:, :, None])[:, :, 0]     # Σ_j W_ij slope_ikj
+        np.multiply(slope, w[:, None, :], out=slope)
+        return -grad_q, np.sum(slope, axis=0)
+    return scores, backward
+
+
+def _tiles(queries, keys, tau, p):
+    """(rows per tile, tile function): tile(part) gives the scores of the rows
+    `part` of S and their backward map, from `_product_tile` or `_lp_tile`."""
+    keys_t = np.ascontiguousarray(keys.T)
+    if p in (None, 2):
+        return (tile_rows(len(keys), 1),
+                lambda part: _product_tile(queries[part], keys, keys_t, tau, p))
+    depth = queries.shape[1]
+    rows = min(tile_rows(len(keys), depth), len(queries))
+    ties = queries is keys or bool(np.any(_shared_values(queries, keys)))
+    work = np.zeros((2, rows, depth, len(keys)), keys_t.dtype)   # where= keeps 0 at ties
+
+    def tile(part):
+        q = queries[part]
+        return _lp_tile(q, keys_t, tau, p, work[:, :len(q)], ties)
+    return rows, tile
+
+
+@primitive
+def _mean_row_logsumexp_and_gradients(queries, keys, extra, tau, p):
+    """(value, grad queries, grad keys, grad extra) of
+    mean_i log(Σ_j exp S[i, j] + exp extra_i), S[i, j] = s(k_j, q_i) / tau, computed
+    tile by tile: each tile's scores give its rows' log-sum-exp (maximum
+    subtracted first) and, while they are in cache, their softmax weights
+    W[i, j] = exp(S[i, j] - lse_i) / B, which are d value / d S (README §5, "Tiles")."""
+    dtype = np.result_type(queries, keys)
+    batch = len(queries)
+    lse, grad_extra = np.empty(batch, dtype), np.empty(batch, dtype)
+    grad_queries, grad_keys_t = np.empty(queries.shape, dtype), np.zeros(keys.shape[::-1], dtype)
+    rows, tile = _tiles(queries, keys, tau, p)
+    for start in range(0, batch, rows):
+        part = slice(start, start + rows)
+        scores, backward = tile(part)
+        top = np.maximum(np.max(scores, axis=1), extra[part])
+        scores -= top[:, None]
+        weights = np.exp(scores, out=scores)
+        extra_term = np.exp(extra[part] - top)
+        total = np.sum(weights, axis=1) + extra_term
+        lse[part] = top + np.log(total)
+        share = (1.0 / (batch * total)).astype(dtype)
+        weights *= share[:, None]
+        grad_extra[part] = extra_term * share
+        grad_queries[part], to_keys = backward(weights)
+        grad_keys_t += to_keys
+    return np.mean(lse), grad_queries, np.ascontiguousarray(grad_keys_t.T), grad_extra
+
+
+def _mean_row_logsumexp_vjp(argnums, ans, args, kwargs):
+    """The gradients were computed with the value: the VJP scales them by the
+    upstream gradient of the value. The gradient outputs are not differentiable."""
+    def vjp(g):
+        if any(np.any(other) for other in g[1:]):
+            raise NotImplementedError("the gradients of mean_row_logsumexp are outputs of a "
+                                      "first-order primitive; they cannot be differentiated")
+        return [ans[k + 1] * ans[k + 1].dtype.type(g[0]) for k in argnums]
+    return vjp
+
+
+defvjp_argnums(_mean_row_logsumexp_and_gradients, _mean_row_logsumexp_vjp)
+
+
+def mean_row_logsumexp(queries, keys, tau, p=None, extra=None):
+    """(B, D), (C, D), (B,) or None -> scalar:
+    mean_i log(Σ_j exp(s(k_j, q_i) / tau) + exp(extra_i)), s as in `similarity_matrix`,
+    without holding the (B, C) score matrix: it is computed in tiles of rows
+    (README §5, "Tiles"). `extra` adds one term to each row's sum (none if None)."""
+    dtype = np.result_type(queries.dtype, keys.dtype)
+    if extra is None:
+        extra = np.full(len(queries), -np.inf, dtype)
+    elif anp.ndim(extra) == 0:
+        extra = np.full(len(queries), extra, dtype)
+    return _mean_row_logsumexp_and_gradients(queries, keys, extra, tau, p)[0]
+
+
 def infonce(h, h_tilde, tau, p=None, self_pair=False, form="paper"):
     """(B, D), (B, D) -> scalar: the mean InfoNCE loss over the batch (README §5).
 
@@ -594,21 +735,19 @@ def infonce(h, h_tilde, tau, p=None, self_pair=False, form="paper"):
     form "official", the reference code's row: l_i = -P_i + log(exp P_i +
     Σ_j exp(s(h_i, h_j) / tau)) with P_i = s(h_i, h_tilde_i) / tau, every anchor j
     (i itself included) a negative of the anchor h_i. Its sum already holds the
-    self pair (j = i), so `self_pair=True` with it is a ValueError."""
+    self pair (j = i), so `self_pair=True` with it is a ValueError.
+    The sums over j are computed in row tiles (`mean_row_logsumexp`)."""
     _check_tau(tau)
     if form == "official":
         if self_pair:
             raise ValueError("form 'official' already holds the self pair (j = i); "
                              "self_pair must be False with it")
         positive = positive_scores(h, h_tilde, tau, p)
-        row_lse = anp.logaddexp(logsumexp(similarity_matrix(h, h, tau, p), axis=1), positive)
-        return anp.mean(row_lse - positive)
+        return mean_row_logsumexp(h, h, tau, p, extra=positive) - anp.mean(positive)
     if form != "paper":
         raise ValueError(f"form must be one of {', '.join(LOSS_FORMS)}; got {form!r}")
-    row_lse = logsumexp(similarity_matrix(h, h_tilde, tau, p), axis=1)
-    if self_pair:
-        row_lse = anp.logaddexp(row_lse, self_similarity(h, tau, p))
-    return anp.mean(row_lse) + alignment(h, h_tilde, tau, p)  # alignment = -mean_i S[i, i]
+    extra = self_similarity(h, tau, p) if self_pair else None
+    return mean_row_logsumexp(h_tilde, h, tau, p, extra) + alignment(h, h_tilde, tau, p)
 
 
 def positive_scores(h, h_tilde, tau, p=None):

@@ -459,6 +459,84 @@ def test_a_run_with_the_self_pair_as_warm_start_trains_the_plain_loss_after_it(t
     assert logs["until"][1][0] != logs["always"][1][0], "after the switch the loss is the same"
 
 
+def untiled_infonce(h, h_tilde, tau, p, self_pair=False, form="paper"):
+    """The loss of README §5 from the whole (B, B) score matrix: similarity_matrix,
+    then one log-sum-exp per row, differentiated by autograd."""
+    import autograd.numpy as anp
+    if form == "official":
+        positive = C.positive_scores(h, h_tilde, tau, p)
+        rows = C.logsumexp(C.similarity_matrix(h, h, tau, p), axis=1)
+        return anp.mean(anp.logaddexp(rows, positive) - positive)
+    rows = C.logsumexp(C.similarity_matrix(h, h_tilde, tau, p), axis=1)
+    if self_pair:
+        rows = anp.logaddexp(rows, C.self_similarity(h, tau, p))
+    return anp.mean(rows) + C.alignment(h, h_tilde, tau, p)
+
+
+TILE_CASES = [(p, form, self_pair) for p in (None, 1, 2, 3, 1.5)
+              for form, self_pair in (("paper", False), ("paper", True), ("official", False))]
+
+
+@pytest.mark.parametrize("p,form,self_pair", TILE_CASES)
+@pytest.mark.parametrize("batch", [1, 2, 37])
+def test_tiled_loss_equals_the_whole_score_matrix_in_float64(monkeypatch, batch, p, form, self_pair):
+    """README §5, "Tiles": with tiles of 8 rows (so 37 rows end in a partial tile)
+    the value and both gradients equal the untiled computation to 1e-12."""
+    from autograd import value_and_grad
+    monkeypatch.setattr(C, "LOSS_TILE_ELEMENTS", 8 * batch * 5)   # 8 rows of (5, batch)
+    g = rng(40)
+    h = 2 * g.standard_normal((batch, 5))
+    h_tilde = h + 0.3 * g.standard_normal((batch, 5))
+    h_tilde[: batch // 2, 1] = h[: batch // 2, 1]                # ties on some positives
+    got = value_and_grad(C.infonce, (0, 1))(h, h_tilde, 0.4, p, self_pair, form)
+    want = value_and_grad(untiled_infonce, (0, 1))(h, h_tilde, 0.4, p, self_pair, form)
+    where = f"B={batch} p={p} form={form} self_pair={self_pair}"
+    assert got[0] == pytest.approx(want[0], abs=1e-12, rel=1e-12), f"{where}: value {got[0]} vs {want[0]}"
+    for name, a, b in zip(("h", "h_tilde"), got[1], want[1]):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12), f"{where}: grad {name} differs by {np.abs(a - b).max():.1e}"
+
+
+@pytest.mark.parametrize("p,form,self_pair", TILE_CASES)
+def test_tiled_loss_is_as_accurate_in_float32(p, form, self_pair):
+    """In float32 the tiled loss (B = 700, several tiles for the Lp losses) is as
+    close to the float64 truth as the untiled one: its error is at most twice the
+    untiled error, or 1e-6 of the value's (gradient's) scale."""
+    from autograd import value_and_grad
+    g = rng(41)
+    h = g.standard_normal((700, 10))
+    h_tilde = h + 0.3 * g.standard_normal((700, 10))
+    truth = value_and_grad(untiled_infonce, (0, 1))(h, h_tilde, 0.5, p, self_pair, form)
+    h32, h_tilde32 = h.astype(np.float32), h_tilde.astype(np.float32)
+    tiled = value_and_grad(C.infonce, (0, 1))(h32, h_tilde32, 0.5, p, self_pair, form)
+    untiled = value_and_grad(untiled_infonce, (0, 1))(h32, h_tilde32, 0.5, p, self_pair, form)
+    assert np.asarray(tiled[0]).dtype == np.float32 and tiled[1][0].dtype == np.float32
+    pieces = [("value", tiled[0], untiled[0], truth[0])] + [
+        (f"grad {name}", a, b, c) for name, a, b, c in zip(("h", "h_tilde"), tiled[1], untiled[1], truth[1])]
+    for name, got, old, want in pieces:
+        scale = max(np.abs(want).max(), abs(float(np.mean(C.positive_scores(h, h_tilde, 0.5, p)))))
+        error, old_error = np.abs(got - want).max(), np.abs(old - want).max()
+        assert error <= max(2 * old_error, 1e-6 * scale), (
+            f"p={p} form={form} self_pair={self_pair}: {name} error {error:.1e}, untiled {old_error:.1e}")
+
+
+@pytest.mark.parametrize("p", [None, 1])
+def test_tiled_loss_never_holds_a_batch_by_batch_array(p):
+    """At B = 2048 in float32 the loss and its gradients allocate, at their peak,
+    less than one (B, B) score matrix (16 MiB): the tiles are all that is held."""
+    import tracemalloc
+    from autograd import value_and_grad
+    g = rng(42)
+    h = g.standard_normal((2048, 10)).astype(np.float32)
+    h_tilde = (h + 0.05 * g.standard_normal((2048, 10))).astype(np.float32)
+    tracemalloc.start()
+    try:
+        value_and_grad(C.infonce, (0, 1))(h, h_tilde, 1.0, p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2048 * 2048 * 4, f"p={p}: peak {peak / 2**20:.1f} MiB, a (B, B) array is 16 MiB"
+
+
 def test_infonce_is_stable_for_large_similarities():
     g = rng(15)
     h = C.normalize(g.standard_normal((8, 3)))
