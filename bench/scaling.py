@@ -1,12 +1,16 @@
-"""How the cost of clref grows: step time against batch size and N, the default
-row's time to R² >= 0.99 against N, and the default run's peak memory.
+"""How the cost of clref grows: step time against batch size and N, the loss's
+tile size, its peak memory, the default row's time to R² >= 0.99 against N, and
+the default run's peak memory.
 
 python bench/scaling.py [--out results/scaling.md] [--budget-minutes 30] [--jobs 2] [--skip-runs]
+python bench/scaling.py --tiles      # only the loss against its tile size
 
-Writes a Markdown report (results/scaling.md by default). The step timings take a
-few minutes; the training runs take most of the time, each stopping as soon as
-its schedule is done; a schedule twice as long follows only while R² >= 0.99 has
-not been reached and the longer run fits in the budget.
+Writes a Markdown report (results/scaling.md by default). Timings go round by
+round over every batch size, so that a drift of the machine's speed reaches all
+of them alike; each figure is the median over the rounds. The training runs take
+most of the time, each stopping as soon as its schedule is done; a schedule twice
+as long follows only while R² >= 0.99 has not been reached and the longer run
+fits in the budget.
 """
 import argparse
 import concurrent.futures
@@ -28,27 +32,37 @@ from autograd import value_and_grad  # noqa: E402
 import clref as C  # noqa: E402
 import train  # noqa: E402
 
-BATCHES = (256, 512, 1024, 2048, 4096)
+BATCHES = (256, 512, 1024, 2048, 4096, 8192)
+TILE_EXPONENTS = (16, 17, 18, 19, 20)     # LOSS_TILE_ELEMENTS = 2^e
+ROUNDS = 7
 DIMENSIONS = (5, 10, 20, 40)
 
 
-def median_ms(function, repeats=10, warmup=2):
-    times = []
-    for k in range(warmup + repeats):
-        start = time.perf_counter()
+def interleaved_medians(functions, rounds=ROUNDS):
+    """{key: median ms} of each function of the dict, one call per round, round by
+    round after one warm-up call each."""
+    times = {key: [] for key in functions}
+    for function in functions.values():
         function()
-        if k >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    for _ in range(rounds):
+        for key, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[key].append(time.perf_counter() - start)
+    return {key: 1000 * float(np.median(values)) for key, values in times.items()}
 
 
-def step_and_loss_ms(loss, batch, n):
-    """Median ms of a whole training step at the grid presets' shape (widths 4 x 128)
-    and of the loss alone (value and gradient for h and h_tilde)."""
+def model_config(loss, batch, n):
     model = ({"space": "sphere", "conditional": "vmf", "head": "sphere", "p": None} if loss == "dot"
              else {"space": "box", "conditional": "laplace", "head": "none", "p": 1.0})
-    cfg = C.Config(n=n, widths=train.CPU.widths, batch_size=batch, tau=1.0, lr=1e-4,
-                   cond_pool=1000, **model)
+    return C.Config(n=n, widths=train.CPU.widths, batch_size=batch, tau=1.0, lr=1e-4,
+                    cond_pool=1000, **model)
+
+
+def step_and_loss(loss, batch, n):
+    """Two functions: a whole training step at the grid presets' shape (widths
+    4 x 128) and the loss alone (value and gradient for h and h_tilde)."""
+    cfg = model_config(loss, batch, n)
     rng = np.random.default_rng(0)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
     state = {"params": C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, cfg.dtype)}
@@ -61,7 +75,28 @@ def step_and_loss_ms(loss, batch, n):
 
     h, h_tilde = (C.encode(state["params"], x, cfg.head) for x in pair)
     loss_grad = value_and_grad(C.infonce, (0, 1))
-    return median_ms(step), median_ms(lambda: loss_grad(h, h_tilde, cfg.tau, cfg.p))
+    return step, lambda: loss_grad(h, h_tilde, cfg.tau, cfg.p)
+
+
+def loss_peak_mb(loss, batch):
+    """Peak MB that numpy allocates for the loss and its gradients (tracemalloc),
+    on float32 outputs of the grid's encoder shape."""
+    import tracemalloc
+    cfg = model_config(loss, batch, 10)
+    g = np.random.default_rng(0)
+    h = g.standard_normal((batch, 10)).astype(cfg.dtype)
+    h_tilde = (h + 0.05 * g.standard_normal((batch, 10))).astype(cfg.dtype)
+    tracemalloc.start()
+    try:
+        value_and_grad(C.infonce, (0, 1))(h, h_tilde, cfg.tau, cfg.p)
+        return tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def growth(rows, column):
+    """The ratio of each row's `column` to the previous row's, as text."""
+    return ["-"] + [f"{b[column] / a[column]:.2f}x" for a, b in zip(rows, rows[1:])]
 
 
 def crossover(rows):
@@ -71,39 +106,70 @@ def crossover(rows):
 
 def timing_tables(threads):
     train.set_blas_threads(threads)
-    lines = [f"## Step time against batch size (N = 10, widths 4 x 128, {threads} thread)", "",
-             "| batch | dot: step ms | dot: loss ms | L1: step ms | L1: loss ms |",
-             "|---|---|---|---|---|"]
-    rows = {"dot": [], "l1": []}
+    functions = {}
     for batch in BATCHES:
-        for loss in rows:
-            rows[loss].append((batch, *step_and_loss_ms(loss, batch, 10)))
-        (_, dot_step, dot_loss), (_, l1_step, l1_loss) = rows["dot"][-1], rows["l1"][-1]
-        lines.append(f"| {batch} | {dot_step:.1f} | {dot_loss:.1f} | {l1_step:.1f} | {l1_loss:.1f} |")
+        for loss in ("dot", "l1"):
+            functions[(batch, loss, "step")], functions[(batch, loss, "loss")] = \
+                step_and_loss(loss, batch, 10)
+    ms = interleaved_medians(functions)
+    rows = [(batch, ms[(batch, "dot", "step")], ms[(batch, "dot", "loss")],
+             ms[(batch, "l1", "step")], ms[(batch, "l1", "loss")]) for batch in BATCHES]
+    dot_growth, l1_growth = growth(rows, 2), growth(rows, 4)
+    lines = [f"## Step time against batch size (N = 10, widths 4 x 128, {threads} thread)", "",
+             f"Medians of {ROUNDS} rounds; the loss is its value and both gradients; \"x\" is "
+             "the loss's growth from the batch before (4x would be quadratic work at a constant "
+             "rate).", "",
+             "| batch | dot: step ms | dot: loss ms | dot: loss growth | L1: step ms | L1: loss ms "
+             "| L1: loss growth |", "|---|---|---|---|---|---|---|"]
+    for (batch, dot_step, dot_loss, l1_step, l1_loss), dg, lg in zip(rows, dot_growth, l1_growth):
+        lines.append(f"| {batch} | {dot_step:.1f} | {dot_loss:.1f} | {dg} | {l1_step:.1f} | "
+                     f"{l1_loss:.1f} | {lg} |")
         print(lines[-1], flush=True)
-    growth = BATCHES[-1] // BATCHES[0]
-    sentence = []
-    for loss, label in (("dot", "dot"), ("l1", "L1")):
-        (_, step0, loss0), (_, step1, loss1) = rows[loss][0], rows[loss][-1]
-        where = crossover(rows[loss])
-        sentence.append(f"{label}: the whole step grew {step1 / step0:.0f}x and the loss alone "
-                        f"{loss1 / loss0:.0f}x; the loss takes half the step or more "
-                        + (f"from batch {where} on" if where else "at no batch measured"))
-    lines += ["", f"From batch {BATCHES[0]} to {BATCHES[-1]} ({growth}x): " + "; ".join(sentence)
-              + f". The encoder's work is linear in the batch; the loss compares every pair, "
-              f"so its work is quadratic ({growth * growth}x)."]
+    worst = max(max(b[k] / a[k] for a, b in zip(rows, rows[1:])) for k in (2, 4))
+    lines += ["", f"From batch {BATCHES[0]} to {BATCHES[-1]} the largest growth of the loss "
+              f"over one doubling is {worst:.2f}x. At the grid's batch (512) the L1 step costs "
+              f"{rows[1][3] / rows[1][1]:.2f}x the dot step."]
+    lines += ["", "Peak memory that numpy allocates for the loss and its gradients "
+              "(tracemalloc, float32, N = 10): "
+              + "; ".join(f"{loss} at batch {batch}: {loss_peak_mb(loss, batch):.1f} MB"
+                          for loss in ("l1", "dot") for batch in (6144, 8192))
+              + ". One (B, B) float32 array at 8192 is 268 MB."]
+    print(lines[-1], flush=True)
     lines += ["", f"## Step time against N (batch 512, widths 4 x 128 for every N, as the presets "
               f"keep them; {threads} thread)", "", "| N | dot: step ms | L1: step ms |", "|---|---|---|"]
-    by_n = []
-    for n in DIMENSIONS:
-        dot, l1 = step_and_loss_ms("dot", 512, n)[0], step_and_loss_ms("l1", 512, n)[0]
-        by_n.append((n, dot, l1))
+    functions = {(n, loss): step_and_loss(loss, 512, n)[0] for n in DIMENSIONS for loss in ("dot", "l1")}
+    ms = interleaved_medians(functions)
+    by_n = [(n, ms[(n, "dot")], ms[(n, "l1")]) for n in DIMENSIONS]
+    for n, dot, l1 in by_n:
         lines.append(f"| {n} | {dot:.1f} | {l1:.1f} |")
         print(lines[-1], flush=True)
     lines += ["", f"From N = {DIMENSIONS[0]} to {DIMENSIONS[-1]} the dot step grew "
               f"{by_n[-1][1] / by_n[0][1]:.2f}x and the L1 step {by_n[-1][2] / by_n[0][2]:.2f}x: with "
               "the hidden widths fixed, N only enters the first and last layer and, for the L1 "
               "loss, the number of coordinates compared per pair."]
+    return lines
+
+
+def tile_table(threads):
+    """The loss (value and gradients) against LOSS_TILE_ELEMENTS, every batch."""
+    train.set_blas_threads(threads)
+    chosen = C.LOSS_TILE_ELEMENTS
+    lines = [f"## The loss against its tile size (N = 10, float32, {threads} thread)", "",
+             f"`clref.LOSS_TILE_ELEMENTS` bounds a tile's (T, D, B) array (L1) or (T, B) block "
+             f"(dot); the code uses 2^{chosen.bit_length() - 1}. Milliseconds, medians of "
+             f"{ROUNDS} rounds.", "",
+             "| tile | " + " | ".join(f"dot {b} | L1 {b}" for b in BATCHES) + " |",
+             "|---|" + "---|" * (2 * len(BATCHES))]
+    losses = {(b, loss): step_and_loss(loss, b, 10)[1] for b in BATCHES for loss in ("dot", "l1")}
+    try:
+        for exponent in TILE_EXPONENTS:
+            C.LOSS_TILE_ELEMENTS = 1 << exponent
+            ms = interleaved_medians(losses)
+            lines.append(f"| 2^{exponent} | " + " | ".join(
+                f"{ms[(b, 'dot')]:.1f} | {ms[(b, 'l1')]:.1f}" for b in BATCHES) + " |")
+            print(lines[-1], flush=True)
+    finally:
+        C.LOSS_TILE_ELEMENTS = chosen
     return lines
 
 
@@ -186,13 +252,20 @@ def main(argv=None):
                         help="longest training run per N")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--skip-runs", action="store_true", help="the step timings only")
+    parser.add_argument("--tiles", action="store_true",
+                        help="only the table of the loss against its tile size, printed")
     args = parser.parse_args(argv)
+    if args.tiles:
+        tile_table(threads=1)
+        return 0
     started = time.time()
     lines = ["# How the cost grows", "",
              f"Made by `python bench/scaling.py` on this machine ({os.cpu_count()} cores, numpy "
-             f"{np.__version__}). Step times are medians of 10 steps after 2 warm-up steps on "
-             "fixed inputs, float32, one BLAS thread as in the grid (one run per core).", ""]
+             f"{np.__version__}). Step times are medians of {ROUNDS} rounds over every setting, "
+             "after one warm-up call each, on fixed inputs, float32, one BLAS thread as in the "
+             "grid (one run per core).", ""]
     lines += timing_tables(threads=1)
+    lines += [""] + tile_table(threads=1)
     if not args.skip_runs:
         table, peak = default_row_runs(args.work, args.budget_minutes, args.jobs)
         lines += [""] + table

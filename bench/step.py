@@ -105,7 +105,11 @@ def run_bench(say=print):
         row = bench_step(loss, dtype, batch_size, includes_sampling, widths)
         say(json.dumps(row))
         rows.append(row)
-    return rows
+    grid = {row["loss"]: row["step_ms"] for row in rows
+            if row["widths"] == list(GRID_WIDTHS) and not row["includes_sampling"]}
+    ratio = {"grid_l1_over_dot": round(grid["l1"] / grid["dot"], 3)}
+    say(json.dumps(ratio))
+    return rows + [ratio]
 
 
 def main(argv=None):
