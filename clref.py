@@ -56,6 +56,9 @@ class Config:
     identity_init: bool = True     # start f close to linear (README §4)
     uniform_bias: bool = False     # biases U(±1/sqrt(fan_in)) as PyTorch's default for a
                                    # linear layer; False: biases start at 0
+    whiten: bool = False           # a fixed whitening stage in front of the MLP, computed
+                                   # from unlabelled observations (README §4)
+    whiten_samples: int = 50000    # observations it is estimated from
     head: str = "sphere"           # "sphere" | "box" | "none"
     radius: float = 1.0            # sphere head: radius r (initial value if learned)
     learn_radius: bool = False
@@ -135,7 +138,7 @@ def check_config(cfg):
         raise ValueError(f"widths must be a non-empty list of positive integers, got {cfg.widths!r}")
     for name, low in [("mixing_layers", 1), ("cond_pool", 1), ("batch_size", 2),
                       ("steps", 0), ("warmup", 0), ("seed", 0), ("eval_every", 1),
-                      ("eval_size", 16), ("supervised_steps", 0)]:
+                      ("eval_size", 16), ("supervised_steps", 0), ("whiten_samples", 2)]:
         value = getattr(cfg, name)
         if name == "supervised_steps" and value is None:
             continue
@@ -150,6 +153,9 @@ def check_config(cfg):
     if cfg.self_pair and cfg.loss_form == "official":
         raise ValueError("loss_form 'official' already holds the self pair in every row; "
                          "self_pair must be False with it")
+    if cfg.whiten and cfg.whiten_samples <= cfg.n:
+        raise ValueError(f"whiten_samples must exceed n = {cfg.n} to estimate cov(x), "
+                         f"got {cfg.whiten_samples!r}")
     if not 0 <= cfg.cond_quantile <= 1:
         raise ValueError(f"cond_quantile must be in [0, 1], got {cfg.cond_quantile!r}")
     return cfg
@@ -160,10 +166,12 @@ def check_config(cfg):
 # ----------------------------------------------------------------------------
 
 def run_generators(seed):
-    """Four independent generators from one seed, for (mixing, encoder
-    initialisation), the training stream, the evaluation sets and the supervised
-    baseline: changing how one is used leaves the others' numbers as they were."""
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    """Six independent generators from one seed, for (mixing, encoder
+    initialisation), the training stream, the evaluation sets, the supervised
+    baseline, the whitening stage and the stopping rule's samples: changing how one
+    is used leaves the others' numbers as they were (the first four are those of
+    a four-way split)."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
 
 
 def normalize(z):
@@ -351,10 +359,29 @@ def unmix(mixing, x):
 ENCODER_SLOPE = 0.01
 
 
+def whitening_stage(x):
+    """(M, N) unlabelled observations -> (mean (N,), matrix (N, N)) of the fixed
+    stage x -> (x - mean) matrix, matrix = cov(x)^(-1/2), the symmetric inverse
+    square root (README §4: whitening); float64. ValueError if cov(x) is singular."""
+    x = np.asarray(x, dtype=float)
+    eigenvalues, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    if not eigenvalues[0] > 1e-12 * eigenvalues[-1]:
+        raise ValueError(f"cov(x) is singular (eigenvalues {eigenvalues[0]:.3g} to "
+                         f"{eigenvalues[-1]:.3g}); the observations cannot be whitened")
+    return x.mean(axis=0), (vectors / np.sqrt(eigenvalues)) @ vectors.T
+
+
+def sample_whitening_stage(cfg, mixing, rng):
+    """The whitening stage of a run: estimated from cfg.whiten_samples fresh
+    observations x = g(z); the latents are drawn to make them and then dropped."""
+    return whitening_stage(mix(mixing, sample_marginal(cfg, cfg.whiten_samples, rng)))
+
+
 def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False,
-                 identity_init=True, uniform_bias=False):
+                 identity_init=True, uniform_bias=False, stage=None):
     """Parameters of the MLP N -> widths -> N: {"layers": [(W, b), ...]}, plus
-    "bound" (N,) for the box head and "radius" () for a learned sphere radius.
+    "bound" (N,) for the box head, "radius" () for a learned sphere radius and,
+    given a stage (mean, matrix) of `whitening_stage`, the fixed "whiten" stage.
     W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), b = 0, or b drawn from the same
     uniform after W with `uniform_bias` (PyTorch's default). With `identity_init` the first
     2N units of every hidden layer also carry (x, -x) through the network, so the
@@ -374,6 +401,8 @@ def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius
         params["bound"] = np.ones(n, dtype=dtype)
     if head == "sphere" and learn_radius:
         params["radius"] = np.asarray(radius, dtype=dtype)
+    if stage is not None:
+        params["whiten"] = {"mean": np.asarray(stage[0], dtype), "matrix": np.asarray(stage[1], dtype)}
     return params
 
 
@@ -449,9 +478,12 @@ defvjp_argnums(sphere_head, _sphere_head_vjp)
 
 
 def encode(params, x, head, radius=1.0):
-    """(B, N) -> (B, N): h = f(x). Leaky ReLU (0.01) after every hidden layer, then
-    the head: "sphere" r h/||h||, "box" sigmoid(h) * bound, "none" h."""
+    """(B, N) -> (B, N): h = f(x). The whitening stage (x - mean) matrix when the
+    parameters hold one (README §4), leaky ReLU (0.01) after every hidden layer,
+    then the head: "sphere" r h/||h||, "box" sigmoid(h) * bound, "none" h."""
     h = x
+    if "whiten" in params:
+        h = (h - params["whiten"]["mean"]) @ params["whiten"]["matrix"]
     layers = params["layers"]
     for w, b in layers[:-1]:
         h = dense(h, w, b, ENCODER_SLOPE)
@@ -986,6 +1018,14 @@ def supervised_objective(params, x, z, cfg):
     return regression_loss(encode(params, x, "none"), z)
 
 
+FIXED_PARAMETERS = ("whiten",)   # computed before training, never updated (README §4)
+
+
+def trainable(params):
+    """The parameters that training updates: all but FIXED_PARAMETERS."""
+    return {key: value for key, value in params.items() if key not in FIXED_PARAMETERS}
+
+
 def parameter_leaves(params):
     """The arrays of a parameter tree in a fixed order: dictionaries by sorted key,
     lists and tuples in order. Adam's moments and a checkpoint use this order."""
@@ -1021,8 +1061,9 @@ def from_vector(vector, like):
 def encoder_from_vector(cfg, vector):
     """The encoder parameters of `cfg` whose leaves, in order, make up `vector`;
     ValueError if the vector has another length."""
+    placeholder = (np.zeros(cfg.n), np.eye(cfg.n)) if cfg.whiten else None
     template = init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype,
-                            cfg.radius, cfg.learn_radius)
+                            cfg.radius, cfg.learn_radius, stage=placeholder)
     leaves = parameter_leaves(template)
     if np.size(vector) != sum(a.size for a in leaves):
         raise ValueError(f"{np.size(vector)} numbers do not fit the encoder of this "
@@ -1031,10 +1072,10 @@ def encoder_from_vector(cfg, vector):
 
 
 def adam_init(params):
-    """Adam state: first and second moments, one array per parameter array, and
-    the step count."""
-    return {"m": [np.zeros_like(w) for w in parameter_leaves(params)],
-            "v": [np.zeros_like(w) for w in parameter_leaves(params)], "t": 0}
+    """Adam state: first and second moments, one array per trainable parameter
+    array, and the step count."""
+    return {"m": [np.zeros_like(w) for w in parameter_leaves(trainable(params))],
+            "v": [np.zeros_like(w) for w in parameter_leaves(trainable(params))], "t": 0}
 
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -1088,11 +1129,14 @@ def self_pair_active(cfg, step):
 def train_step(objective, params, state, batch, cfg, lr):
     """One optimisation step of `objective(params, *batch, cfg)`; returns
     (loss, params, state). The gradient is taken with respect to the flat list of
-    parameter arrays, in the order of `parameter_leaves`, which is the order Adam
-    reads them in: autograd then tracks one list instead of the nested tree, which
-    saves about half a millisecond a step and changes no number (README "Speed")."""
+    trainable parameter arrays, in the order of `parameter_leaves`, which is the
+    order Adam reads them in: autograd then tracks one list instead of the nested
+    tree, which saves about half a millisecond a step and changes no number (README
+    "Speed"). Fixed parameters (the whitening stage) pass through unchanged."""
+    free, fixed = trainable(params), {k: params[k] for k in FIXED_PARAMETERS if k in params}
+
     def of_leaves(leaves):
-        return objective(with_leaves(params, iter(leaves)), *batch, cfg)
-    loss, grads = value_and_grad(of_leaves)(parameter_leaves(params))
-    params, state = adam_update(params, grads, state, lr)
-    return float(loss), params, state
+        return objective({**with_leaves(free, iter(leaves)), **fixed}, *batch, cfg)
+    loss, grads = value_and_grad(of_leaves)(parameter_leaves(free))
+    free, state = adam_update(free, grads, state, lr)
+    return float(loss), {**free, **fixed}, state

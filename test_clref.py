@@ -717,8 +717,9 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY.replace(self_pair=True, self_pair_until=25)],
-                         ids=["plain", "self pair until step 25"])
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(self_pair=True, self_pair_until=25),
+                                 TINY.replace(whiten=True, whiten_samples=2000)],
+                         ids=["plain", "self pair until step 25", "whitened"])
 def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, cfg):
     import train
     (tmp_path / "whole").mkdir()
@@ -736,6 +737,12 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, cfg
         assert resumed[key] == whole[key], f"resumed {key} {resumed[key]} != uninterrupted {whole[key]}"
     rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["step", "10", "20", "30", "40"], f"log.csv rows: {rows}"
+    if cfg.whiten:                   # the stage is stored in the run and its checkpoint
+        import json
+        state = train.load_checkpoint(str(tmp_path / "cut"), cfg)
+        with open(tmp_path / "cut" / "whitening.json") as f:
+            stored = json.load(f)
+        assert np.array_equal(state["params"]["whiten"]["matrix"], np.array(stored["matrix"], cfg.dtype))
 
 
 def test_restarted_run_directory_is_not_taken_for_finished(tmp_path):
@@ -854,17 +861,82 @@ def test_run_stops_once_r2_reaches_stop_r2_twice_in_a_row(tmp_path):
     import train
     (tmp_path / "whole").mkdir()
     (tmp_path / "stop").mkdir()
-    whole = train.run(TINY, str(tmp_path / "whole"), say=lambda line: None, baseline=False)
-    log = [float(line.split(",")[2]) for line in
-           (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:]]
-    target = min(log[1:3])          # met at least by the evaluations of steps 20 and 30
+    never = TINY.replace(stop_r2=1.0)         # logs the rule's R² but never reaches it
+    whole = train.run(never, str(tmp_path / "whole"), say=lambda line: None, baseline=False)
+    with open(tmp_path / "whole" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    rule, held_out = [float(r["stop_r2"]) for r in rows], [float(r["r2"]) for r in rows]
+    assert all(a != b for a, b in zip(rule, held_out)), "the rule scored the reported samples"
+    target = min(rule[1:3])          # met at least by the evaluations of steps 20 and 30
     stopped = train.run(TINY.replace(stop_r2=target), str(tmp_path / "stop"), say=lambda line: None,
                         baseline=False)
     steps = [line.split(",")[0] for line in
              (tmp_path / "stop" / "log.csv").read_text().splitlines()[1:]]
-    first_pair = next(k for k in range(1, len(log)) if min(log[k - 1:k + 1]) >= target)
-    assert stopped["steps"] == 10 * (first_pair + 1) < whole["steps"], (stopped["steps"], log)
+    first_pair = next(k for k in range(1, len(rule)) if min(rule[k - 1:k + 1]) >= target)
+    assert stopped["steps"] == 10 * (first_pair + 1) < whole["steps"], (stopped["steps"], rule)
     assert steps == [str(10 * (k + 1)) for k in range(first_pair + 1)], steps
+    assert stopped["r2"] == held_out[first_pair], "metrics.json does not hold the held-out R²"
+
+
+@pytest.mark.parametrize("rule_r2,stop_at", [(1.0, 20), (0.0, 40)])
+def test_stopping_rule_decides_on_its_own_samples_only(tmp_path, monkeypatch, rule_r2, stop_at):
+    """The rule reads only its own R²: forced to 1.0 the run stops after two
+    evaluations although the reported R² is far below the bar; forced to 0.0 it runs
+    to the end although the reported R² is above the bar."""
+    import train
+    monkeypatch.setattr(train, "stop_score", lambda cfg, params, sets: {"stop_r2": rule_r2})
+    bar = 0.99 if rule_r2 == 1.0 else 1e-9
+    metrics = train.run(TINY.replace(stop_r2=bar), str(tmp_path), say=lambda line: None, baseline=False)
+    assert metrics["steps"] == stop_at, f"rule R² {rule_r2}: stopped at {metrics['steps']}"
+    assert (metrics["r2"] < bar) == (rule_r2 == 1.0), f"reported R² {metrics['r2']} against bar {bar}"
+
+
+def test_whitening_stage_whitens_and_can_be_undone():
+    """README §4: the stage maps fresh observations to mean 0 and identity
+    covariance (within the sampling error of its 50 000 draws), and is an
+    invertible affine map, so the encoder can still represent g⁻¹."""
+    cfg = C.Config(n=10, space="box", head="none", p=1, conditional="laplace", cond_pool=500)
+    g = rng(50)
+    mixing = C.make_mixing(cfg.n, 3, g, cfg.cond_pool)
+    mean, matrix = C.sample_whitening_stage(cfg, mixing, g)
+    x = C.mix(mixing, C.sample_marginal(cfg, 50000, g))
+    assert np.linalg.cond(np.cov(x, rowvar=False)) > 20, "these observations are already white"
+    white = (x - mean) @ matrix
+    assert np.abs(white.mean(axis=0)).max() < 0.03
+    assert np.abs(np.cov(white, rowvar=False) - np.eye(cfg.n)).max() < 0.05
+    assert np.allclose(matrix, matrix.T), "cov(x)^(-1/2) is symmetric"
+    assert np.allclose(white @ np.linalg.inv(matrix) + mean, x, atol=1e-9)
+    with pytest.raises(ValueError, match="singular"):
+        C.whitening_stage(np.column_stack([x[:, 0], x[:, 0]]))
+
+
+def test_whitening_stage_is_part_of_the_encoder_and_stays_fixed():
+    """The stage sits in the parameters (so checkpoints hold it), encode applies it
+    first, the gradient matches finite differences through it, and training moves
+    every other parameter but never the stage."""
+    from autograd import grad
+    g = rng(51)
+    x = g.standard_normal((12, 3)) @ np.array([[3.0, 0, 0], [1, 0.2, 0], [0, 0.5, 1]])
+    stage = C.whitening_stage(x)
+    params = C.init_encoder(3, (8, 8), "none", g, "float64", stage=stage)
+    plain = {k: v for k, v in params.items() if k != "whiten"}
+    assert np.allclose(C.encode(params, x, "none"), C.encode(plain, (x - stage[0]) @ stage[1], "none"))
+    leaves = C.parameter_leaves(params)
+
+    def loss(flat):
+        p = C.with_leaves(params, iter(C.from_vector(flat, leaves)))
+        return C.infonce(C.encode(p, x[:6], "none"), C.encode(p, x[6:], "none"), 1.0, 1)
+    flat = C.to_vector(leaves)
+    assert np.allclose(grad(loss)(flat), finite_difference_gradient(loss, flat), atol=1e-6)
+    cfg = C.Config(n=3, widths=(8, 8), head="none", p=1.0, space="box", dtype="float64", lr=1e-2)
+    state = C.adam_init(params)
+    assert len(state["m"]) == len(C.parameter_leaves(C.trainable(params)))
+    new = params
+    for _ in range(3):
+        _, new, state = C.train_step(C.contrastive_objective, new, state, (x[:6], x[6:]), cfg, cfg.lr)
+    assert new["whiten"]["mean"] is params["whiten"]["mean"], "the stage's mean moved"
+    assert new["whiten"]["matrix"] is params["whiten"]["matrix"], "the stage's matrix moved"
+    assert not np.array_equal(new["layers"][0][0], params["layers"][0][0]), "training moved nothing"
 
 
 def test_cli_resume_reads_the_saved_configuration(tmp_path):
@@ -1024,6 +1096,23 @@ def test_sharded_grid_assembles_the_table_of_an_unsharded_one(tmp_path):
     assert not reran, f"assembling the shards ran again: {reran}"
     assert run_cli([*grid, "--out", "single", "--results", "single-results"], tmp_path).returncode == 0
     assert_same_grid(tmp_path / "shared-results", tmp_path / "single-results")
+
+
+def test_grid_sweep_runs_the_chosen_presets_on_the_chosen_seeds(tmp_path):
+    """--first-seed and --only pick a sweep's runs: seeds 1000 and 1001 of two
+    presets, written to the table with those seeds; a bad preset is refused."""
+    sweep = ["--grid", "--seeds", "2", "--first-seed", "1000", "--only", "box_normal_l1,sphere_vmf_k10",
+             "--n", "3", "--steps", "4", "--eval-every", "2", "--eval-size", "64",
+             "--supervised-steps", "0", "--widths", "8,8", "--batch-size", "16", "--no-plots",
+             "--whiten-samples", "500", "--out", "runs", "--results", "sweep"]
+    result = run_cli(sweep, tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "sweep" / "grid.csv") as f:
+        runs = sorted((row["preset"], row["seed"]) for row in csv.DictReader(f))
+    assert runs == [("box_normal_l1", "1000"), ("box_normal_l1", "1001"),
+                    ("sphere_vmf_k10", "1000"), ("sphere_vmf_k10", "1001")], runs
+    bad = run_cli(["--grid", "--only", "box_normal_l3", "--out", "x", "--results", "y"], tmp_path)
+    assert bad.returncode == 2 and "box_normal_l3" in bad.stderr, bad.stderr
 
 
 def test_continue_command_keeps_the_run_options():
@@ -1212,8 +1301,12 @@ def clref_outputs(case):
         return {"value": getattr(C, fn)(mixing, a["z"] if fn == "mix" else a["x"])}
     if fn == "encode":
         params = {"layers": [(np.array(l["W"]), np.array(l["b"])) for l in args["params"]["layers"]]}
-        params.update({k: np.array(v) for k, v in args["params"].items() if k != "layers"})
+        params.update({k: (np.array(v) if k != "whiten" else {s: np.array(u) for s, u in v.items()})
+                       for k, v in args["params"].items() if k != "layers"})
         return {"value": C.encode(params, a["x"], a["head"])}
+    if fn == "whitening_stage":
+        mean, matrix = C.whitening_stage(a["x"])
+        return {"mean": mean, "matrix": matrix}
     g = rng(31)
     if fn == "sample_vmf":
         mu = C.sample_uniform_sphere(args["draws"], args["n"], g)

@@ -304,7 +304,7 @@ RECIPES = {
     "cpu": {},
     "official": dict(widths=REFERENCE_WIDTHS, batch_size=6144, lr=1e-4, lr_final=None,
                      lr_timescale=None, warmup=0, loss_form="official", self_pair=False,
-                     self_pair_until=None, identity_init=False, uniform_bias=True),
+                     self_pair_until=None, identity_init=False, uniform_bias=True, whiten=False),
 }
 
 
@@ -385,6 +385,11 @@ CHECKPOINT = "checkpoint.npz"
 LOG_COLUMNS = ["step", "loss", "r2", "mcc", "seconds"]
 
 
+def log_columns(cfg):
+    """The columns of log.csv: the stopping rule's R² as well when the run has one."""
+    return LOG_COLUMNS + (["stop_r2"] if cfg.stop_r2 is not None else [])
+
+
 def save_checkpoint(run_dir, state):
     arrays = {
         "params": C.to_vector(C.parameter_leaves(state["params"])),
@@ -409,7 +414,7 @@ def load_checkpoint(run_dir, cfg):
         with np.load(path) as data:
             saved_cfg = C.Config.from_dict(json.loads(str(data["config"])))
             params = C.encoder_from_vector(cfg, data["params"])
-            leaves = C.parameter_leaves(params)
+            leaves = C.parameter_leaves(C.trainable(params))
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(data["rng_state"]))
             mixing = [data[f"mixing_{k}"] for k in range(cfg.mixing_layers)]
@@ -500,16 +505,25 @@ def supervised_batch(cfg, mixing, rng):
 
 
 def target_reached(cfg, log):
-    """True once the last two evaluations both scored held-out R² >= cfg.stop_r2."""
-    return cfg.stop_r2 is not None and len(log) >= 2 and all(row["r2"] >= cfg.stop_r2
-                                                             for row in log[-2:])
+    """True once the last two evaluations both scored stop_r2 >= cfg.stop_r2: R² on
+    the stopping rule's own samples, never on those whose R² and MCC are reported."""
+    return cfg.stop_r2 is not None and len(log) >= 2 and all(
+        row.get("stop_r2", -math.inf) >= cfg.stop_r2 for row in log[-2:])
 
 
-def train_loop(cfg, state, sets, run_dir, say):
+def stop_score(cfg, params, stop_sets):
+    """{"stop_r2": R²} of the stopping rule, on its own fit and score samples; {} when
+    the run has no stopping rule."""
+    if stop_sets is None:
+        return {}
+    return {"stop_r2": evaluate(cfg, params, cfg.head, stop_sets)["r2"]}
+
+
+def train_loop(cfg, state, sets, run_dir, say, stop_sets=None):
     """Contrastive training from state["step"] to cfg.steps; evaluates, logs and
     checkpoints every cfg.eval_every steps, and checkpoints the step at which a
     stop was requested before raising Interrupted. Ends early when cfg.stop_r2 is
-    reached (target_reached)."""
+    reached on `stop_sets` (target_reached)."""
     start = time.time() - state["seconds"]
     resumed_at, first_step = time.time(), state["step"]
     without_self_pair = cfg.replace(self_pair=False, self_pair_until=None)
@@ -525,13 +539,13 @@ def train_loop(cfg, state, sets, run_dir, say):
         state.update(params=params, adam=adam, step=state["step"] + 1)
         state["seconds"] = time.time() - start
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            row = {"step": state["step"], "loss": loss,
-                   **evaluate(cfg, params, cfg.head, sets), "seconds": state["seconds"]}
+            row = {"step": state["step"], "loss": loss, **evaluate(cfg, params, cfg.head, sets),
+                   "seconds": state["seconds"], **stop_score(cfg, params, stop_sets)}
             state["log"].append(row)
             done = state["step"] - first_step
             eta = (cfg.steps - state["step"]) * (time.time() - resumed_at) / max(done, 1)
             if run_dir:
-                write_text(os.path.join(run_dir, "log.csv"), csv_text(state["log"], LOG_COLUMNS))
+                write_text(os.path.join(run_dir, "log.csv"), csv_text(state["log"], log_columns(cfg)))
                 save_checkpoint(run_dir, state)
             say(f"step {state['step']:>6}/{cfg.steps}  loss {loss:.4f}  r2 {row['r2']:.4f}  "
                 f"mcc {row['mcc']:.4f}  elapsed {format_seconds(state['seconds'])}  "
@@ -549,13 +563,14 @@ def supervised_steps(cfg):
     return cfg.steps if cfg.supervised_steps is None else cfg.supervised_steps
 
 
-def supervised_baseline(cfg, mixing, sets, rng):
-    """The same encoder trained by regression onto z with SUPERVISED_RECIPE for
-    supervised_steps(cfg) steps: the best this architecture does with the labels
-    contrastive learning never sees."""
+def supervised_baseline(cfg, mixing, sets, rng, stage=None):
+    """The same encoder (with the run's whitening stage, if any) trained by
+    regression onto z with SUPERVISED_RECIPE for supervised_steps(cfg) steps: the
+    best this architecture does with the labels contrastive learning never sees."""
     steps = supervised_steps(cfg)
     params = C.init_encoder(cfg.n, cfg.widths, "none", rng, cfg.dtype,
-                            identity_init=cfg.identity_init, uniform_bias=cfg.uniform_bias)
+                            identity_init=cfg.identity_init, uniform_bias=cfg.uniform_bias,
+                            stage=stage)
     adam = C.adam_init(params)
     schedule = cfg.replace(**SUPERVISED_RECIPE, steps=steps)
     start = time.time()
@@ -572,10 +587,11 @@ def supervised_baseline(cfg, mixing, sets, rng):
 def supervised_from_seed(cfg):
     """The supervised baseline of cfg, with the mixing, evaluation sets and random
     stream that a run of cfg draws from its seed: the same numbers in any process."""
-    init_rng, _, eval_rng, supervised_rng = C.run_generators(cfg.seed)
+    init_rng, _, eval_rng, supervised_rng, stage_rng, _ = C.run_generators(cfg.seed)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
-    return supervised_baseline(cfg, mixing, sets, supervised_rng)
+    stage = C.sample_whitening_stage(cfg, mixing, stage_rng) if cfg.whiten else None
+    return supervised_baseline(cfg, mixing, sets, supervised_rng, stage)
 
 
 @contextlib.contextmanager
@@ -640,11 +656,13 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     baseline, also trains the supervised baseline (the grid shares baselines
     between rows instead)."""
     C.check_config(cfg)
-    init_rng, data_rng, eval_rng, _ = C.run_generators(cfg.seed)
+    init_rng, data_rng, eval_rng, _, stage_rng, stop_rng = C.run_generators(cfg.seed)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
+    stage = C.sample_whitening_stage(cfg, mixing, stage_rng) if cfg.whiten else None
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
-                            cfg.learn_radius, cfg.identity_init, cfg.uniform_bias)
+                            cfg.learn_radius, cfg.identity_init, cfg.uniform_bias, stage)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
+    stop_sets = C.evaluation_sets(cfg, mixing, stop_rng) if cfg.stop_r2 is not None else None
     if resume:
         state = load_checkpoint(run_dir, cfg)
         say(f"resuming {run_dir} at step {state['step']}")
@@ -655,6 +673,9 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
         if not resume:  # a finished run's metrics must never sit beside another config
             remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
+        if stage is not None:    # the encoder's fixed first stage, also in the checkpoint
+            write_json(os.path.join(run_dir, "whitening.json"),
+                       {"mean": stage[0].tolist(), "matrix": stage[1].tolist()})
     z_fit, x_fit, z_eval, x_eval = sets
     identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
@@ -662,7 +683,7 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     with alongside or contextlib.nullcontext() as supervised:
         if run_dir:                  # the BLAS threads the training runs with
             record_environment(run_dir, state["step"])
-        state = train_loop(cfg, state, sets, run_dir, say)
+        state = train_loop(cfg, state, sets, run_dir, say, stop_sets)
         metrics = finish_run(cfg, state, sets, preset, identity, supervised, say)
     if run_dir:
         write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -730,7 +751,7 @@ GRID_COLUMNS = ["preset", "seed", "steps", "seconds", "r2", "mcc", "identity_r2"
 SUPERVISED_FIELDS = ("space", "n", "box_low", "box_high", "marginal", "marginal_scale",
                      "marginal_beta", "mixing_layers", "cond_pool", "cond_quantile", "widths",
                      "identity_init", "uniform_bias", "supervised_steps", "dtype", "seed",
-                     "eval_size")
+                     "eval_size", "whiten", "whiten_samples")
 
 
 def supervised_key(cfg):
@@ -839,9 +860,9 @@ def grid_jobs(args, overrides, out_root):
     only on the presets, the seeds and the overrides; and the runs as
     (preset, cfg, directory) in preset order."""
     runs, baselines = [], {}
-    for name in GRID_PRESETS:
+    for name in args.only or GRID_PRESETS:
         preset = PRESETS[name]
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = C.check_config(preset.config.replace(**overrides, seed=seed))
             runs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}")))
             if supervised_steps(cfg):
@@ -1051,7 +1072,7 @@ OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "step
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
              "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
-             "lr_timescale", "stop_r2", "loss_form")
+             "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples")
 
 
 def make_parser():
@@ -1067,7 +1088,12 @@ def make_parser():
     what.add_argument("--threads", type=int,
                       help="threads of numpy's BLAS for this process (default: as the BLAS chose)")
     what.add_argument("--grid", action="store_true", help="run every preset (see --seeds, --jobs)")
-    what.add_argument("--seeds", type=int, default=3, help="--grid: seeds 0..K-1 per preset")
+    what.add_argument("--seeds", type=int, default=3,
+                      help="--grid: K seeds per preset, --first-seed to --first-seed + K - 1")
+    what.add_argument("--first-seed", type=int, default=0,
+                      help="--grid: the first seed (default 0; fresh seeds for a sweep, e.g. 1000)")
+    what.add_argument("--only", type=lambda text: text.split(","),
+                      help="--grid: only these presets, comma-separated (default: every grid preset)")
     what.add_argument("--jobs", type=int, default=1, help="--grid: runs in parallel")
     what.add_argument("--shard", type=shard_value,
                       help="--grid: run only the I-th of K shares of the grid's jobs (I/K, "
@@ -1093,7 +1119,8 @@ def make_parser():
                      help="instead of the cosine decay: lr * sqrt(T / (T + t)) after the warm-up")
     opt.add_argument("--warmup", type=int, help="linear warm-up steps")
     opt.add_argument("--stop-r2", type=float,
-                     help="stop early once held-out R² reaches this at two evaluations in a row")
+                     help="stop early once R² reaches this at two evaluations in a row, R² on "
+                     "samples of the rule's own (the reported R² and MCC never decide)")
     opt.add_argument("--dtype", help="float32 or float64")
     opt.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints")
     opt.add_argument("--eval-size", type=int, help="samples to fit, and as many to score, the metrics")
@@ -1127,6 +1154,10 @@ def make_parser():
                        help="'paper' (default) or the reference code's 'official' row (README §5)")
     model.add_argument("--self-pair-until", type=optional_int,
                        help="drop the self pair from this step on ('none': keep it to the end)")
+    model.add_argument("--whiten", action=argparse.BooleanOptionalAction,
+                       help="a fixed whitening stage in front of the encoder, estimated from "
+                       "unlabelled observations before training (README §4)")
+    model.add_argument("--whiten-samples", type=int, help="observations the whitening is estimated from")
     return parser
 
 
@@ -1143,6 +1174,7 @@ def describe_recipe(cfg):
     extras = [name for name, on in ((self_pair, cfg.self_pair), ("learned radius", cfg.learn_radius),
                                     (stop, cfg.stop_r2 is not None),
                                     ("official loss form", cfg.loss_form == "official"),
+                                    ("whitened input", cfg.whiten),
                                     ("PyTorch's initialisation", cfg.uniform_bias))
               if on]
     return ", ".join([f"{cfg.steps} steps", f"batch {cfg.batch_size}", f"widths {widths}", schedule,
@@ -1240,6 +1272,11 @@ def main(argv=None):
         if args.grid:
             if args.seeds < 1 or args.jobs < 1:
                 raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
+            if args.first_seed < 0:
+                raise ValueError(f"--first-seed must be >= 0, got {args.first_seed}")
+            unknown = [name for name in args.only or () if name not in PRESETS]
+            if unknown:
+                raise ValueError(f"--only: unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}")
             overrides.pop("seed", None)
             out_root = args.out or "runs"
             check_writable(out_root)

@@ -15,7 +15,8 @@ from autograd import grad
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import clref as C  # noqa: E402
 
-VERSION = 3                            # 2: infonce cases may carry self_pair; 3: form
+VERSION = 4                            # 2: infonce cases may carry self_pair; 3: form;
+                                       # 4: whitening_stage, encode with params.whiten
 EXACT = {"abs": 1e-12, "rel": 1e-12}   # float64 ports; PORTING.md gives float32 tolerances
 
 
@@ -129,6 +130,23 @@ def mixing_encoder_cases(rng):
     return cases
 
 
+def whitening_cases(rng):
+    """The whitening stage from observations, and an encoder that holds one."""
+    mixing = C.make_mixing(4, 3, rng, cond_pool=100)
+    x = C.mix(mixing, rng.uniform(0, 1, (40, 4)))
+    mean, matrix = C.whitening_stage(x)
+    cases = [{"function": "whitening_stage", "args": {"x": as_list(x)},
+              "expected": {"mean": as_list(mean), "matrix": as_list(matrix)}, "tolerance": EXACT}]
+    params = C.init_encoder(4, (9, 7), "none", rng, "float64", stage=(mean, matrix))
+    params["layers"] = [(w, rng.uniform(-0.1, 0.1, b.shape)) for w, b in params["layers"]]
+    encoded = {"layers": [{"W": as_list(w), "b": as_list(b)} for w, b in params["layers"]],
+               "whiten": {"mean": as_list(mean), "matrix": as_list(matrix)}}
+    cases.append({"function": "encode", "args": {"params": encoded, "x": as_list(x[:6]), "head": "none"},
+                  "expected": {"value": as_list(C.encode(params, x[:6], "none"))}, "tolerance": EXACT,
+                  "note": "with the whitening stage"})
+    return cases
+
+
 def sampler_cases():
     """Distribution checks: a correct sampler passes each with overwhelming probability."""
     cases = []
@@ -165,7 +183,8 @@ def build():
              + assignment_cases(rng) + mixing_encoder_cases(rng) + sampler_cases()
              + option_cases(np.random.default_rng(20260301), {"self_pair": True}, "with the self pair")
              + option_cases(np.random.default_rng(20261201), {"form": "official"},
-                            "the reference code's form"))
+                            "the reference code's form")
+             + whitening_cases(np.random.default_rng(20261202)))
     return {"version": VERSION, "generator": "python conformance/generate.py", "cases": cases}
 
 
