@@ -621,10 +621,10 @@ def _check_tau(tau):
 # products (p None or 2) a (T, B) block, for the other p two (T, D, B) arrays of
 # coordinate differences. T is the largest count for which that block or array
 # has at most LOSS_TILE_ELEMENTS numbers (2 MiB in float32, within this machine's
-# 32 MiB L3 and of the order of its 1 MiB L2): of 2^16 ... 2^20, 2^19 was among the
-# fastest at every batch from 256 to 8192 (`python bench/scaling.py --tiles`,
-# results/scaling.md). Smaller tiles cost Python overhead per tile, larger ones
-# fall out of cache.
+# 32 MiB L3 and of the order of its 1 MiB L2): of 2^16 ... 2^20, 2^19 was the fastest
+# for L1 at every batch from 256 to 8192 and within 20 % of the fastest for the dot
+# product (`python bench/scaling.py --tiles`, results/scaling.md). Smaller tiles
+# cost Python overhead per tile, larger ones fall out of cache.
 LOSS_TILE_ELEMENTS = 1 << 19
 
 

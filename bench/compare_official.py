@@ -256,7 +256,7 @@ def curve(torch, official, steps, out_dir, batch=6144, dtype="float32", every=50
     train.set_blas_threads(1)
     torch.set_default_dtype(getattr(torch, dtype))
     cfg = default_row_config(dtype, batch)
-    init_rng, data_rng, eval_rng, _ = C.run_generators(seed)
+    init_rng, data_rng, eval_rng = C.run_generators(seed)[:3]
     mixing = C.make_mixing(N, 3, init_rng, cfg.cond_pool)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
     f = official_encoder(torch, official, seed, dtype)
