@@ -636,7 +636,8 @@ def tile_rows(batch, depth):
 def _product_tile(q, keys, keys_t, tau, p):
     """Scores S (T, C) of the query rows q against all keys for the dot product
     (p None) or -||a - b||² = 2 aᵀb - ||a||² - ||b||² (p = 2), one matrix product,
-    and the map from weights W = d loss / d S to (grad q, transposed grad keys)."""
+    and the map from weights W = d loss / d S to (grad q, transposed grad keys)
+    (README §5, "Tiles")."""
     if p is None:
         scores = (q / tau) @ keys_t
 
@@ -658,11 +659,11 @@ def _product_tile(q, keys, keys_t, tau, p):
 def _lp_tile(q, keys_t, tau, p, work, ties):
     """Scores S (T, C) = -Σ_k |d_ikj|^p / tau from the (T, D, C) differences
     d_ikj = q_ik - k_jk, and the map from W = d loss / d S to (grad q, transposed
-    grad keys).
-    With slope = d|d|^p / dd = p |d|^(p-1) sign(d), sign(0) = 0 at ties,
+    grad keys) (README §5, "Tiles"). With slope = d|d|^p / dd = p |d|^(p-1) sign(d), sign(0) = 0 at ties,
     d S / d q_ik = -slope / tau and d S / d k_jk = slope / tau. `work` holds two
     (T, D, C) buffers; `ties` says whether some d may be 0 (elsewhere
-    sign(d) = d / |d|, one division, faster than numpy's sign)."""
+    sign(d) = d / |d|, one division, faster than numpy's sign; at d = 0 the
+    division is skipped and the slope keeps d's value, 0)."""
     slope, size = work
     d = np.subtract(q[:, :, None], keys_t[None], out=slope)
     np.abs(d, out=size)
@@ -694,7 +695,7 @@ def _tiles(queries, keys, tau, p):
     depth = queries.shape[1]
     rows = min(tile_rows(len(keys), depth), len(queries))
     ties = queries is keys or bool(np.any(_shared_values(queries, keys)))
-    work = np.zeros((2, rows, depth, len(keys)), keys_t.dtype)   # where= keeps 0 at ties
+    work = np.empty((2, rows, depth, len(keys)), keys_t.dtype)
 
     def tile(part):
         q = queries[part]
@@ -1074,8 +1075,8 @@ def encoder_from_vector(cfg, vector):
 def adam_init(params):
     """Adam state: first and second moments, one array per trainable parameter
     array, and the step count."""
-    return {"m": [np.zeros_like(w) for w in parameter_leaves(trainable(params))],
-            "v": [np.zeros_like(w) for w in parameter_leaves(trainable(params))], "t": 0}
+    leaves = parameter_leaves(trainable(params))
+    return {"m": [np.zeros_like(w) for w in leaves], "v": [np.zeros_like(w) for w in leaves], "t": 0}
 
 
 def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):

@@ -689,9 +689,9 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
         if not resume:  # a finished run's metrics must never sit beside another config
             remove_if_present(os.path.join(run_dir, "metrics.json"))
         write_json(os.path.join(run_dir, "config.json"), {"preset": preset, **cfg.to_dict()})
-        if stage is not None:    # the encoder's fixed first stage, also in the checkpoint
+        if "whiten" in state["params"]:   # the encoder's fixed first stage, as it holds it
             write_json(os.path.join(run_dir, "whitening.json"),
-                       {"mean": stage[0].tolist(), "matrix": stage[1].tolist()})
+                       {k: v.tolist() for k, v in state["params"]["whiten"].items()})
     z_fit, x_fit, z_eval, x_eval = sets
     identity = C.held_out_scores(z_fit, x_fit, z_eval, x_eval)
     say(f"identity baseline (x = g(z)): r2 {identity['r2']:.4f}  mcc {identity['mcc']:.4f}")
