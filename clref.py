@@ -79,6 +79,9 @@ class Config:
     seed: int = 0
     # evaluation and baselines (README §6)
     eval_every: int = 100          # steps between evaluations / checkpoints
+    eval_growth: float = None      # also evaluate once eval_growth x step steps have passed
+                                   # since the last evaluation: a fixed relative resolution
+                                   # of when a score was first reached (None: off)
     eval_size: int = 4096          # fresh samples to fit the linear map, as many to score it
     supervised_steps: int = 0      # steps of the supervised baseline, which has a recipe
                                    # of its own (0: skip it; None: as many as the run)
@@ -144,6 +147,9 @@ def check_config(cfg):
             continue
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if cfg.eval_growth is not None and not (isinstance(cfg.eval_growth, (int, float))
+                                            and 0 < cfg.eval_growth <= 1):
+        raise ValueError(f"eval_growth must be None or a number in (0, 1], got {cfg.eval_growth!r}")
     if cfg.self_pair_until is not None:
         if not isinstance(cfg.self_pair_until, (int, np.integer)) or cfg.self_pair_until < 0:
             raise ValueError(f"self_pair_until must be None or an integer >= 0, "

@@ -5,6 +5,7 @@ python plots.py --grid results/              # grid.png from results/grid.csv
 python plots.py --compare OUT.png RUN_DIR... # learning curves of several runs, and a table
 python plots.py --official-curve CURVE.csv   # the official recipe in clref and in the official code
 python plots.py --doublings RUN_DIR          # a run's R² at every doubling of the pairs seen
+python plots.py --cost results/              # cost.png from results/cost.csv and cost.json
 
 Everything is read from the files of a run directory or a results directory
 (README "Files"); this module imports clref and matplotlib, not train.
@@ -306,6 +307,46 @@ def plot_official_curve(csv_path):
     return save(fig, os.path.join(os.path.dirname(os.path.abspath(csv_path)), "curve.png"))
 
 
+def plot_cost(results_dir):
+    """cost.png from results_dir/cost.csv and cost.json (bench/recovery_cost.py):
+    pairs to R² >= 0.99 against the information a pair carries, log-log, one marker
+    per N; the fitted law as a line per N; a censored run as an open marker at the
+    cap; held-out points ringed, the plain recipe as crosses."""
+    with open(os.path.join(results_dir, "cost.csv")) as f:
+        rows = list(csv.DictReader(f))
+    fit_path = os.path.join(results_dir, "cost.json")
+    fit = json.load(open(fit_path))["pairs_099"] if os.path.exists(fit_path) else None
+    markers = dict(zip(sorted({int(r["n"]) for r in rows}), "osD^v<>"))
+    colors = dict(zip(markers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    for r in rows:
+        n, info, censored = int(r["n"]), float(r["info"]), r["censored"] == "True"
+        pairs = float(r["pairs"] if censored else r["pairs_099"])
+        style = dict(marker=markers[n], color=colors[n], ms=7, ls="none")
+        if r["set"] == "plain":
+            style.update(marker="x")
+        elif censored:
+            style.update(mfc="none")
+        elif r["set"] == "held-out":
+            style.update(mec="black", mew=1.5)
+        ax.plot(info, pairs, **style)
+    infos = np.array([float(r["info"]) for r in rows]) if rows else np.array([0.05, 10])
+    grid = np.geomspace(infos.min() / 1.3, infos.max() * 1.3, 50)
+    for n in markers:
+        if fit:
+            ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1)
+        ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
+    ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="censored (cap)")
+    ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="held-out")
+    ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
+    ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",
+           ylabel="positive pairs to held-out R² >= 0.99",
+           title="the cost of recovery" + (f": c N^{fit['a']:.2f} I^-{fit['b']:.2f}" if fit else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return save(fig, os.path.join(results_dir, "cost.png"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Draw the figures of a run or of the grid.")
     parser.add_argument("run_dir", nargs="*", help="a run directory written by train.py")
@@ -314,11 +355,14 @@ def main(argv=None):
                         "directories into PNG and print a table of their R² after 5, 10 and 30 min")
     parser.add_argument("--doublings", action="store_true",
                         help="print a table of the run's R² at every doubling of the pairs seen")
+    parser.add_argument("--cost", metavar="RESULTS_DIR",
+                        help="draw cost.png from RESULTS_DIR/cost.csv (bench/recovery_cost.py)")
     parser.add_argument("--official-curve", metavar="CSV",
                         help="draw curve.png beside the curve.csv of bench/compare_official.py --curve")
     args = parser.parse_args(argv)
-    if not args.run_dir and not args.grid and not args.official_curve:
-        parser.error("give a run directory, --grid RESULTS_DIR or --official-curve CSV")
+    if not args.run_dir and not args.grid and not args.official_curve and not args.cost:
+        parser.error("give a run directory, --grid RESULTS_DIR, --cost RESULTS_DIR or "
+                     "--official-curve CSV")
     try:
         if args.doublings:
             for run_dir in args.run_dir:
@@ -326,6 +370,8 @@ def main(argv=None):
             return 0
         if args.official_curve:
             paths = plot_official_curve(args.official_curve)
+        elif args.cost:
+            paths = plot_cost(args.cost)
         elif args.compare:
             print(compare_runs(args.compare, args.run_dir))
             paths = args.compare

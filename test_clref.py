@@ -1366,3 +1366,138 @@ def test_independent_numpy_port_passes_the_vectors(capsys, dtype):
     """A second implementation (hand-written gradients, brute-force MCC) reading only
     the JSON agrees with clref, in float64 and within the float32 tolerances."""
     assert load_conformance_module("check_numpy").main(VECTORS, dtype) == 0, capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------
+# The cost of recovery (README "The cost of recovery"; bench/recovery_cost.py)
+# ----------------------------------------------------------------------------
+
+def load_recovery_cost():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "recovery_cost", os.path.join(HERE, "bench", "recovery_cost.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("n,kappa", [(10, 1.0), (10, 10.0), (5, 30.0)])
+def test_pair_information_matches_a_monte_carlo_estimate(n, kappa):
+    """I(z; z_tilde) = E[log p(z_tilde | z)] - E[log p(z_tilde)]. Monte Carlo, with no
+    Bessel function: kappa E[z·z_tilde] over vMF draws, minus log E[exp(kappa u_1)]
+    over uniform u (the vMF normaliser relative to the uniform density)."""
+    cost = load_recovery_cost()
+    g, draws = rng(40), 200000
+    z = C.sample_uniform_sphere(draws, n, g)
+    cosines = np.sum(z * C.sample_vmf(z, kappa, g), axis=1)
+    scaled = np.exp(kappa * (C.sample_uniform_sphere(draws, n, g)[:, 0] - 1))  # e^-kappa for range
+    estimate = kappa * cosines.mean() - kappa - math.log(scaled.mean())
+    error = math.sqrt((kappa * cosines.std()) ** 2 + (scaled.std() / scaled.mean()) ** 2) / math.sqrt(draws)
+    want = cost.pair_information(n, kappa)
+    assert error < 0.03 * want, f"the estimate is too noisy to test: ±{error:.2g} for I = {want:.3g}"
+    assert abs(estimate - want) < 4 * error, (
+        f"N={n}, kappa={kappa}: formula {want:.5f} nats, Monte Carlo {estimate:.5f} ± {error:.5f}")
+
+
+def test_pair_information_in_three_dimensions_has_a_closed_form():
+    """On S^2: I = log(kappa / sinh kappa) + kappa coth kappa - 1."""
+    cost = load_recovery_cost()
+    for kappa in (0.5, 3.0, 20.0):
+        want = math.log(kappa / math.sinh(kappa)) + kappa / math.tanh(kappa) - 1
+        assert cost.pair_information(3, kappa) == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_cost_law_fit_recovers_known_constants():
+    cost = load_recovery_cost()
+    g = rng(41)
+    n = np.repeat([3, 5, 10, 20], 12)
+    info = np.tile(np.geomspace(0.05, 10, 12), 4)
+    exact = 2e6 * n ** 0.4 * info ** -1.1
+    fit = cost.fit_law(n, info, exact)
+    assert (fit["c"], fit["a"], fit["b"]) == pytest.approx((2e6, 0.4, 1.1), rel=1e-9)
+    assert fit["scatter"] < 1e-9
+    noisy = cost.fit_law(n, info, exact * np.exp(0.1 * g.standard_normal(len(n))))
+    for name, want in (("a", 0.4), ("b", 1.1)):
+        assert abs(noisy[name] - want) < 3 * noisy[f"se_{name}"], (name, noisy)
+        assert 0 < noisy[f"se_{name}"] < 0.1, (name, noisy)
+    assert abs(math.log(noisy["c"] / 2e6)) < 3 * noisy["se_log_c"]
+    assert 0.07 < noisy["scatter"] < 0.13, noisy
+    single = cost.fit_law(np.full(6, 10), np.geomspace(0.1, 5, 6), 3e6 * np.geomspace(0.1, 5, 6) ** -0.9)
+    assert (single["a"], single["b"]) == pytest.approx((0.0, 0.9), abs=1e-9)
+    assert cost.law_pairs(fit, 10, 2.0) == pytest.approx(2e6 * 10 ** 0.4 * 2.0 ** -1.1, rel=1e-9)
+    with pytest.raises(ValueError, match="needs more than 3 runs"):
+        cost.fit_law([3, 5, 10], [1.0, 2.0, 3.0], [1e6, 2e6, 3e6])
+
+
+def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
+    """pairs to the jump: the first evaluation with held-out R² >= 0.95; pairs to
+    0.99: the stop, two evaluations in a row at or above it on the rule's samples."""
+    import train
+    cost = load_recovery_cost()
+    cfg = cost.run_config("study", 3, 10.0, 0, cost.BASE.replace(steps=900, batch_size=32))
+    path = tmp_path / "run"
+    path.mkdir()
+    train.write_json(str(path / "config.json"), {"preset": None, **cfg.to_dict()})
+    rows = [(100, 0.5, 0.5), (200, 0.96, 0.97), (300, 0.98, 0.991), (400, 0.989, 0.985),
+            (500, 0.99, 0.992), (600, 0.995, 0.994)]
+    train.write_text(str(path / "log.csv"), train.csv_text(
+        [{"step": s, "loss": 0, "r2": r, "mcc": 0, "seconds": s / 100, "stop_r2": q} for s, r, q in rows],
+        train.log_columns(cfg)))
+    train.write_json(str(path / "metrics.json"), {"steps": 600, "seconds": 6.0, "r2": 0.995})
+    record = cost.run_record(("study", 3, 10.0, cfg, str(path)))
+    assert record["pairs_jump"] == 200 * 32 and record["pairs_099"] == 600 * 32
+    assert not record["censored"] and record["pairs_per_second"] == pytest.approx(600 * 32 / 6.0)
+    train.write_json(str(path / "metrics.json"), {"steps": 900, "seconds": 9.0, "r2": 0.99})
+    train.write_text(str(path / "log.csv"), train.csv_text(
+        [{"step": s, "loss": 0, "r2": r, "mcc": 0, "seconds": 1, "stop_r2": q}
+         for s, r, q in rows[:4] + [(900, 0.99, 0.989)]], train.log_columns(cfg)))
+    record = cost.run_record(("study", 3, 10.0, cfg, str(path)))
+    assert record["censored"] and record["pairs_099"] is None and record["pairs"] == 900 * 32
+
+
+def test_evaluation_with_growth_is_at_most_that_fraction_late():
+    import train
+    cfg = TINY.replace(steps=5000, eval_every=1000, eval_growth=0.02)
+    log, steps = [], []
+    for step in range(1, cfg.steps + 1):
+        if train.evaluation_due(cfg, step, log):
+            log.append({"step": step})
+            steps.append(step)
+    gaps = np.diff(steps)
+    assert np.all(gaps <= np.maximum(1, np.ceil(0.02 * np.array(steps[1:])))), "an evaluation came late"
+    assert steps[-1] == 5000 and all(s in steps for s in (1000, 2000, 3000, 4000))
+    assert len(steps) < 400, f"{len(steps)} evaluations in 5000 steps"
+    with pytest.raises(ValueError, match="eval_growth"):
+        C.check_config(TINY.replace(eval_growth=0.0))
+
+
+COST_TOY = ["--seeds", "0", "--jobs", "1", "--points", "3:10,5:10", "--base",
+            '{"widths": [8, 8], "steps": 1500, "eval_every": 500, "eval_size": 64, '
+            '"whiten_samples": 500, "batch_size": 32, "cond_pool": 10}']
+
+
+def run_cost(args, cwd):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "bench", "recovery_cost.py"), *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_interrupted_cost_study_resumes_to_the_table_of_a_whole_one(tmp_path):
+    process = run_cost([*COST_TOY, "--out", "cut", "--results", "cut-results"], tmp_path)
+    out, err = signal_after(process, "s0: R²", 15)
+    assert process.returncode == 143, f"exit {process.returncode}: {err}"
+    assert "study interrupted" in err and not (tmp_path / "cut-results" / "cost.csv").exists()
+    again = run_cost([*COST_TOY, "--out", "cut", "--results", "cut-results"], tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert out.count("already finished") == 1, out
+    whole = run_cost([*COST_TOY, "--out", "whole", "--results", "whole-results"], tmp_path)
+    assert whole.communicate(timeout=300) and whole.returncode == 0
+    tables = []
+    for directory in ("cut-results", "whole-results"):
+        with open(tmp_path / directory / "cost.csv") as f:
+            tables.append([{k: v for k, v in r.items() if k not in ("seconds", "pairs_per_second")}
+                           for r in csv.DictReader(f)])
+    assert len(tables[0]) == 2 and tables[0] == tables[1], tables
+    assert (tmp_path / "cut-results" / "cost.png").exists()

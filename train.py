@@ -535,9 +535,20 @@ def stop_score(cfg, params, stop_sets):
     return {"stop_r2": evaluate(cfg, params, cfg.head, stop_sets)["r2"]}
 
 
+def evaluation_due(cfg, step, log):
+    """True at every multiple of cfg.eval_every, at the last step, and with
+    cfg.eval_growth once eval_growth x step steps have passed since the last
+    evaluation, so that the step at which a score is first seen is at most that
+    fraction late."""
+    if step % cfg.eval_every == 0 or step == cfg.steps:
+        return True
+    last = log[-1]["step"] if log else 0
+    return cfg.eval_growth is not None and step - last >= cfg.eval_growth * step
+
+
 def train_loop(cfg, state, sets, run_dir, say, stop_sets=None):
     """Contrastive training from state["step"] to cfg.steps; evaluates, logs and
-    checkpoints every cfg.eval_every steps, and checkpoints the step at which a
+    checkpoints when evaluation_due, and checkpoints the step at which a
     stop was requested before raising Interrupted. Ends early when cfg.stop_r2 is
     reached on `stop_sets` (target_reached)."""
     start = time.time() - state["seconds"]
@@ -554,7 +565,7 @@ def train_loop(cfg, state, sets, run_dir, say, stop_sets=None):
                                 f"the last good checkpoint is step {state['step']}")
         state.update(params=params, adam=adam, step=state["step"] + 1)
         state["seconds"] = time.time() - start
-        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+        if evaluation_due(cfg, state["step"], state["log"]):
             row = {"step": state["step"], "loss": loss, **evaluate(cfg, params, cfg.head, sets),
                    "seconds": state["seconds"], **stop_score(cfg, params, stop_sets)}
             state["log"].append(row)
@@ -906,17 +917,13 @@ def grid_rows(runs, results, out_root):
     return rows
 
 
-def run_grid(args, overrides, out_root, results_dir, argv):
-    """Run the grid (or one shard of it); returns the process's exit code."""
+def run_in_pool(worker, jobs, processes):
+    """[worker(job) for job in jobs] in `processes` fresh interpreters that share
+    the cores (each gets cores // processes BLAS threads). SIGINT and SIGTERM ask
+    every job to stop after its current step (`stop_requested` in the workers);
+    the worker then returns {"status": "interrupted"} or "skipped"."""
     from multiprocessing import get_context
-    jobs, runs = grid_jobs(args, overrides, out_root)
-    if args.shard:
-        index, count = args.shard
-        jobs = jobs[index::count]
-    os.makedirs(results_dir, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env = {**environment(), "blas_threads": f"{threads} per run"}  # the code that runs the jobs
-    start = time.time()
+    threads = max(1, (os.cpu_count() or 1) // processes)
     context = get_context("spawn")
     STOP["event"] = context.Event()
     # the workers start fresh interpreters: share the cores among them, and let them
@@ -925,17 +932,30 @@ def run_grid(args, overrides, out_root, results_dir, argv):
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         with child_blas_threads(threads):
-            pool = context.Pool(args.jobs, _grid_worker_init, (STOP["event"],))
+            pool = context.Pool(processes, _grid_worker_init, (STOP["event"],))
         for signum in STOP_SIGNALS:
             signal.signal(signum, request_stop)
         try:
-            results = pool.map(_grid_job, jobs, chunksize=1)
+            return pool.map(worker, jobs, chunksize=1)
         finally:
             pool.close()           # not terminate(): the workers take SIGTERM as "stop after
             pool.join()            # this step", and they are idle once map has returned
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, request_stop)
+
+
+def run_grid(args, overrides, out_root, results_dir, argv):
+    """Run the grid (or one shard of it); returns the process's exit code."""
+    jobs, runs = grid_jobs(args, overrides, out_root)
+    if args.shard:
+        index, count = args.shard
+        jobs = jobs[index::count]
+    os.makedirs(results_dir, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**environment(), "blas_threads": f"{threads} per run"}  # the code that runs the jobs
+    start = time.time()
+    results = run_in_pool(_grid_job, jobs, args.jobs)
     wall = time.time() - start
     status = [r["status"] for r in results]
     finished = status.count("finished")

@@ -1,0 +1,367 @@
+"""How many positive pairs recovery costs on the sphere, and a law that predicts it
+(README "The cost of recovery").
+
+python bench/recovery_cost.py [--set study|held-out|plain|all] [--jobs 2]
+    trains every (N, kappa, seed) of the set that has not finished, then writes
+    results/cost.csv, results/cost.md, results/cost.json (the fit) and
+    results/cost.png. Resumable like the grid: SIGINT or SIGTERM keeps the work,
+    a re-run reads finished runs and continues interrupted ones.
+python bench/recovery_cost.py --report
+    the same files from the runs that have finished, training nothing.
+python bench/recovery_cost.py --predict N KAPPA
+    the fitted law's pairs (and minutes of one core) to the jump and to R² >= 0.99.
+python bench/recovery_cost.py --register
+    writes results/cost-predictions.json: the law's predictions for the held-out
+    points, from the current fit, before those points are run. It never overwrites.
+
+Every run is the grid's sphere_vmf recipe (README "The experiment grid": whitened
+64-64-64 encoder, lr 1e-3 sqrt(T / (T + t)), batch 512, at most 500 000 steps)
+with kappa, tau = 1/kappa and N changed, and R² evaluated whenever 2 % more steps
+have passed (so a pair count below is at most 2 % late). Per run:
+- pairs to the jump: steps x batch at the first evaluation with held-out R² >= 0.95;
+- pairs to 0.99: at the stop, once R² on the stopping rule's own samples was
+  >= 0.99 at two evaluations in a row; a run that reaches the cap is censored;
+- the seconds of one core it took.
+The law (README "The cost of recovery"): pairs = c N^a I^(-b), I = I(z; z_tilde) =
+log|S^{N-1}| - H_vMF(kappa) nats, fitted by least squares in logs over the study's
+uncensored runs.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+import clref as C  # noqa: E402
+import train  # noqa: E402
+
+# (N, kappa): N = 10 across kappa, kappa = 10 across N, and two that move both
+STUDY = [(10, k) for k in (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)] + \
+        [(n, 10.0) for n in (3, 5, 20)] + [(20, 20.0), (20, 50.0)]
+HELD_OUT = [(20, 1.5), (5, 30.0), (20, 5.0)]       # predicted before they are run
+PLAIN = [(10, 3.0), (10, 10.0)]                    # the same recipe without whitening
+SETS = {"study": STUDY, "held-out": HELD_OUT, "plain": PLAIN}
+SEEDS = (0, 1, 2)
+JUMP_R2, TARGET_R2, EVAL_GROWTH = 0.95, 0.99, 0.02
+BASE = train.PRESETS["sphere_vmf"].config.replace(stop_r2=TARGET_R2, eval_growth=EVAL_GROWTH,
+                                                  supervised_steps=0)
+COLUMNS = ["set", "n", "kappa", "info", "seed", "pairs_jump", "pairs_099", "censored", "r2",
+           "steps", "pairs", "seconds", "pairs_per_second"]
+
+
+def pair_information(n, kappa):
+    """I(z; z_tilde) in nats for z uniform on S^{N-1} and z_tilde ~ vMF(z, kappa):
+    log|S^{N-1}| - H_vMF(kappa) (README "The cost of recovery")."""
+    return -C.theorem1_limit(n, kappa)
+
+
+def run_config(set_name, n, kappa, seed, base=BASE):
+    """The configuration of one run: the base recipe at (N, kappa), tau = 1/kappa."""
+    return base.replace(n=n, kappa=float(kappa), tau=1.0 / kappa, seed=seed,
+                        whiten=base.whiten and set_name != "plain")
+
+
+def run_dir(out_root, set_name, n, kappa, seed):
+    return os.path.join(out_root, f"{set_name}-n{n}-k{kappa:g}-s{seed}")
+
+
+def study_jobs(set_names, out_root, seeds=SEEDS, base=BASE, points=None):
+    """[(set, n, kappa, cfg, directory)], the most expected work first (the
+    smallest I per pair, ties by N)."""
+    jobs = []
+    for name in set_names:
+        for n, kappa in (points or SETS[name]):
+            for seed in seeds:
+                jobs.append((name, n, kappa, C.check_config(run_config(name, n, kappa, seed, base)),
+                             run_dir(out_root, name, n, kappa, seed)))
+    return sorted(jobs, key=lambda j: (pair_information(j[1], j[2]) / j[1], j[0], j[4]))
+
+
+def study_job(job):
+    """One run in a pool worker: read back when finished, continued from its
+    checkpoint when interrupted, else trained; {"status": ...} as the grid's jobs."""
+    name, n, kappa, cfg, path = job
+    if train.stop_requested():
+        return {"status": "skipped"}
+    if train.finished_metrics(path, cfg) is not None:
+        print(f"{os.path.basename(path)}: already finished", flush=True)
+        return {"status": "finished"}
+    os.makedirs(path, exist_ok=True)
+    resume = train.same_config(path, cfg) and os.path.exists(os.path.join(path, train.CHECKPOINT))
+    try:
+        metrics = train.run(cfg, path, None, resume=resume, say=lambda line: None, baseline=False)
+    except train.Interrupted:
+        return {"status": "interrupted"}
+    except train.NonFiniteLoss as error:
+        print(f"{os.path.basename(path)}: {error}", flush=True)
+        return {"status": "finished"}
+    print(f"{os.path.basename(path)}: R² {metrics['r2']:.4f} after {metrics['steps']} steps "
+          f"in {train.format_seconds(metrics['seconds'])}", flush=True)
+    return {"status": "finished"}
+
+
+def read_log(path):
+    with open(os.path.join(path, "log.csv")) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def run_record(job):
+    """One row of cost.csv from a finished run's log.csv and metrics.json, or None
+    when the run has not finished."""
+    name, n, kappa, cfg, path = job
+    metrics = train.finished_metrics(path, cfg)
+    if metrics is None or not os.path.exists(os.path.join(path, "log.csv")):
+        return None
+    log = read_log(path)
+    pairs = cfg.batch_size
+    jump = next((row["step"] * pairs for row in log if row["r2"] >= JUMP_R2), None)
+    reached = train.target_reached(cfg, log)
+    steps = metrics["steps"]
+    return {"set": name, "n": n, "kappa": kappa, "info": pair_information(n, kappa),
+            "seed": cfg.seed, "pairs_jump": jump, "pairs_099": steps * pairs if reached else None,
+            "censored": not reached, "r2": metrics["r2"], "steps": steps,
+            "pairs": steps * pairs, "seconds": metrics["seconds"], "pairs_per_second": steps * pairs / metrics["seconds"]}
+
+
+# ----------------------------------------------------------------------------
+# The law: log pairs = log c + a log N - b log I, least squares
+# ----------------------------------------------------------------------------
+
+def fit_law(n, info, pairs):
+    """{"c", "a", "b", their standard errors "se_log_c", "se_a", "se_b", "scatter"
+    (the standard deviation of log(measured / fitted)), "runs"} for
+    pairs = c N^a I^(-b). With a single N in the data, a is fixed at 0."""
+    n, info, pairs = (np.asarray(v, dtype=float) for v in (n, info, pairs))
+    columns = [np.ones_like(info), -np.log(info)]
+    varies = len(np.unique(n)) > 1
+    if varies:
+        columns.insert(1, np.log(n))
+    design, target = np.stack(columns, axis=1), np.log(pairs)
+    if len(target) <= design.shape[1]:
+        raise ValueError(f"the law needs more than {design.shape[1]} runs, got {len(target)}")
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ coef
+    dof = len(target) - design.shape[1]
+    variance = residual @ residual / dof
+    se = np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
+    if not varies:
+        coef, se = np.insert(coef, 1, 0.0), np.insert(se, 1, 0.0)
+    return {"c": float(math.exp(coef[0])), "a": float(coef[1]), "b": float(coef[2]),
+            "se_log_c": float(se[0]), "se_a": float(se[1]), "se_b": float(se[2]),
+            "scatter": float(np.sqrt(residual @ residual / len(target))), "runs": int(len(target))}
+
+
+def law_pairs(fit, n, info):
+    """c N^a I^(-b)."""
+    return fit["c"] * n ** fit["a"] * info ** (-fit["b"])
+
+
+def fit_records(records, key):
+    """The law for `key` ("pairs_099" or "pairs_jump") over the study's runs that got there."""
+    used = [r for r in records if r["set"] == "study" and r[key] is not None]
+    return fit_law([r["n"] for r in used], [r["info"] for r in used], [r[key] for r in used])
+
+
+# ----------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------
+
+def millions(pairs):
+    return "-" if pairs is None else f"{pairs / 1e6:.2f}"
+
+
+def describe_fit(fit):
+    return (f"c = {fit['c']:.3g} (log c ± {fit['se_log_c']:.2f}), a = {fit['a']:.2f} ± "
+            f"{fit['se_a']:.2f}, b = {fit['b']:.2f} ± {fit['se_b']:.2f}; scatter of the runs around "
+            f"it ×{math.exp(fit['scatter']):.2f} (standard deviation of the log ratio "
+            f"{fit['scatter']:.2f}), {fit['runs']} runs")
+
+
+def git_commit_of(path):
+    """The abbreviated commit that added `path`, or None outside git or before it is committed."""
+    try:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "--", path],
+                             cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[-1] if out else None
+
+
+def cost_markdown(records, fits, predictions, command, base, out_root):
+    lines = ["# The cost of recovery", "",
+             f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (README "
+             f"\"The cost of recovery\"). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
+             f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
+             "whitening. Pairs in millions; censored: the cap came first. Law: the fit below, "
+             "evaluated at the run's N and I.", ""]
+    for key, label in (("pairs_099", "R² >= 0.99"), ("pairs_jump", f"the jump (R² >= {JUMP_R2})")):
+        if key in fits:
+            lines.append(f"Law for {label}: pairs = c N^a I^(-b), {describe_fit(fits[key])}.")
+            lines.append("")
+    fit = fits.get("pairs_099")
+    lines += ["| set | N | kappa | I (nats) | seed | M pairs to jump | M pairs to 0.99 | law | "
+              "measured / law | held-out R² | minutes | k pairs/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        predicted = law_pairs(fit, r["n"], r["info"]) if fit else None
+        ratio = (f"{r['pairs_099'] / predicted:.2f}" if predicted and r["pairs_099"]
+                 else (f"> {r['pairs'] / predicted:.2f}" if predicted else "-"))
+        lines.append(
+            f"| {r['set']} | {r['n']} | {r['kappa']:g} | {r['info']:.4f} | {r['seed']} | "
+            f"{millions(r['pairs_jump'])} | "
+            + (f"> {r['pairs'] / 1e6:.0f} (censored)" if r["censored"]
+               else millions(r["pairs_099"]))
+            + f" | {millions(predicted)} | {ratio} | {r['r2']:.4f} | {r['seconds'] / 60:.1f} | "
+            f"{r['pairs_per_second'] / 1e3:.0f} |")
+    if predictions:
+        commit = predictions.get("commit") or "not yet committed"
+        lines += ["", f"## Held-out predictions (registered in results/cost-predictions.json, "
+                  f"commit {commit}, from the fit of {predictions['fit']['runs']} runs)", "",
+                  "| N | kappa | predicted M pairs to 0.99 | measured (median of seeds) | "
+                  "measured / predicted |", "|---|---|---|---|---|"]
+        for p in predictions["points"]:
+            mine = [r for r in records if r["set"] == "held-out" and r["n"] == p["n"]
+                    and r["kappa"] == p["kappa"]]
+            got = [r["pairs_099"] for r in mine if r["pairs_099"]]
+            if mine and len(got) == len(mine):
+                measured = float(np.median(got))
+                cells = f"{millions(measured)} ({len(got)} runs) | {measured / p['pairs_099']:.2f}"
+            else:
+                cells = f"{len(got)} of {len(mine)} runs reached it | -"
+            lines.append(f"| {p['n']} | {p['kappa']:g} | {millions(p['pairs_099'])} | {cells} |")
+    lines += ["", "![pairs to R² 0.99 against I](cost.png)", ""]
+    return "\n".join(lines)
+
+
+def write_reports(jobs, results_dir, command, base, out_root):
+    records = [r for r in (run_record(job) for job in jobs) if r is not None]
+    os.makedirs(results_dir, exist_ok=True)
+    train.write_text(os.path.join(results_dir, "cost.csv"), train.csv_text(records, COLUMNS))
+    fits = {}
+    for key in ("pairs_099", "pairs_jump"):
+        try:
+            fits[key] = fit_records(records, key)
+        except ValueError as error:
+            print(f"no law for {key} yet: {error}")
+    if fits:
+        train.write_json(os.path.join(results_dir, "cost.json"),
+                         {**fits, "pairs_per_second": float(np.median(
+                             [r["pairs_per_second"] for r in records if r["set"] == "study"]))})
+    predictions = read_predictions(results_dir)
+    train.write_text(os.path.join(results_dir, "cost.md"),
+                     cost_markdown(records, fits, predictions, command, base, out_root))
+    import plots
+    plots.plot_cost(results_dir)
+    print(f"{len(records)} of the {len(jobs)} runs of every set have finished; wrote {results_dir}/cost.csv, cost.md, "
+          "cost.png" + (", cost.json" if fits else ""))
+    return records
+
+
+def read_predictions(results_dir):
+    path = os.path.join(results_dir, "cost-predictions.json")
+    saved = train.read_json(path)
+    if saved is not None:
+        saved["commit"] = git_commit_of(os.path.relpath(path, ROOT))
+    return saved
+
+
+def register(results_dir):
+    path = os.path.join(results_dir, "cost-predictions.json")
+    if os.path.exists(path):
+        raise SystemExit(f"{path} exists; predictions are registered once")
+    fits = train.read_json(os.path.join(results_dir, "cost.json"))
+    if fits is None:
+        raise SystemExit(f"no fit in {results_dir}/cost.json: run the study first")
+    points = [{"n": n, "kappa": kappa, "info": pair_information(n, kappa),
+               "pairs_099": law_pairs(fits["pairs_099"], n, pair_information(n, kappa)),
+               "pairs_jump": law_pairs(fits["pairs_jump"], n, pair_information(n, kappa))}
+              for n, kappa in HELD_OUT]
+    train.write_json(path, {"fit": fits["pairs_099"], "fit_jump": fits["pairs_jump"],
+                            "points": points})
+    for p in points:
+        print(f"N = {p['n']}, kappa = {p['kappa']:g}: {p['pairs_099'] / 1e6:.1f} M pairs to R² 0.99")
+    print(f"wrote {path}; commit it before running --set held-out")
+
+
+def predict(results_dir, n, kappa):
+    fits = train.read_json(os.path.join(results_dir, "cost.json"))
+    if fits is None:
+        raise SystemExit(f"no fit in {results_dir}/cost.json: run the study first")
+    info = pair_information(n, kappa)
+    print(f"N = {n}, kappa = {kappa:g}: I(z; z_tilde) = {info:.4f} nats a pair")
+    for key, label in (("pairs_jump", f"to the jump (R² {JUMP_R2})"), ("pairs_099", "to R² 0.99")):
+        pairs, spread = law_pairs(fits[key], n, info), math.exp(fits[key]["scatter"])
+        print(f"  {label}: {pairs / 1e6:.3g} M pairs (runs scatter ×{spread:.2f} around the law), "
+              f"about {pairs / fits['pairs_per_second'] / 60:.1f} min of one core")
+
+
+def check_point(n, kappa):
+    if not (isinstance(n, int) and n >= 2):
+        raise SystemExit(f"N must be an integer >= 2, got {n!r}")
+    if not (math.isfinite(kappa) and kappa > 0):
+        raise SystemExit(f"KAPPA must be a finite number > 0, got {kappa!r}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", default="study", choices=[*SETS, "all"],
+                        help="which points to train (default: study)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "cost", "runs"))
+    parser.add_argument("--results", default=os.path.join(ROOT, "results"))
+    parser.add_argument("--report", action="store_true", help="write the reports, train nothing")
+    parser.add_argument("--register", action="store_true",
+                        help="register the held-out predictions from the current fit")
+    parser.add_argument("--predict", nargs=2, metavar=("N", "KAPPA"))
+    parser.add_argument("--base", type=json.loads, default={},
+                        help="JSON of recipe fields to change, e.g. '{\"widths\": [8, 8]}' "
+                             "for a toy study")
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=SEEDS,
+                        help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--points", type=lambda s: [(int(p.split(":")[0]), float(p.split(":")[1]))
+                                                    for p in s.split(",")],
+                        help="train only these points of the set, as N:KAPPA,N:KAPPA")
+    args = parser.parse_args(argv)
+    if args.predict:
+        try:
+            n, kappa = int(args.predict[0]), float(args.predict[1])
+        except ValueError:
+            raise SystemExit(f"--predict takes N (an integer) and KAPPA (a number), "
+                             f"got {' '.join(args.predict)}")
+        check_point(n, kappa)
+        return predict(args.results, n, kappa)
+    if args.register:
+        return register(args.results)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be an integer >= 1, got {args.jobs}")
+    base = BASE.replace(**{k: tuple(v) if k == "widths" else v for k, v in args.base.items()})
+    names = list(SETS) if args.set == "all" else [args.set]
+    jobs = study_jobs(list(SETS), args.out, args.seeds, base)
+    command = shlex.join(["python", "bench/recovery_cost.py", *(argv if argv is not None else sys.argv[1:])])
+    if not args.report:
+        todo = [job for job in jobs if job[0] in names
+                and (args.points is None or (job[1], job[2]) in args.points)]
+        start = time.time()
+        results = train.run_in_pool(study_job, todo, args.jobs)
+        status = [r["status"] for r in results]
+        if train.stop_requested() or status.count("finished") < len(status):
+            print(f"study interrupted after {train.format_seconds(time.time() - start)}: "
+                  f"{status.count('finished')} of {len(status)} runs finished; run the same "
+                  "command again to continue", file=sys.stderr)
+            return 128 + (train.STOP["signum"] or 15)
+    write_reports(jobs, args.results, command, base, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
