@@ -1369,7 +1369,7 @@ def test_independent_numpy_port_passes_the_vectors(capsys, dtype):
 
 
 # ----------------------------------------------------------------------------
-# The cost of recovery (README "The cost of recovery"; bench/recovery_cost.py)
+# The cost of recovery (results/cost.md; bench/recovery_cost.py)
 # ----------------------------------------------------------------------------
 
 def load_recovery_cost():

@@ -1,5 +1,5 @@
 """How many positive pairs recovery costs on the sphere, and a law that predicts it
-(README "The cost of recovery").
+(results/cost.md).
 
 python bench/recovery_cost.py [--set study|held-out|plain|all] [--jobs 2]
     trains every (N, kappa, seed) of the set that has not finished, then writes
@@ -22,9 +22,9 @@ have passed (so a pair count below is at most 2 % late). Per run:
 - pairs to 0.99: at the stop, once R² on the stopping rule's own samples was
   >= 0.99 at two evaluations in a row; a run that reaches the cap is censored;
 - the seconds of one core it took.
-The law (README "The cost of recovery"): pairs = c N^a I^(-b), I = I(z; z_tilde) =
-log|S^{N-1}| - H_vMF(kappa) nats, fitted by least squares in logs over the study's
-uncensored runs.
+The law (results/cost.md): pairs = c N^a I^(-b), I = I(z; z_tilde) =
+log|S^{N-1}| - H_vMF(kappa) nats (minus Theorem 1's limit, README §5), fitted by
+least squares in logs over the study's uncensored runs.
 """
 import argparse
 import csv
@@ -61,7 +61,7 @@ COLUMNS = ["set", "n", "kappa", "info", "seed", "pairs_jump", "pairs_099", "cens
 
 def pair_information(n, kappa):
     """I(z; z_tilde) in nats for z uniform on S^{N-1} and z_tilde ~ vMF(z, kappa):
-    log|S^{N-1}| - H_vMF(kappa) (README "The cost of recovery")."""
+    log|S^{N-1}| - H_vMF(kappa), minus the limit of README §5 "Theorem 1 as a number"."""
     return -C.theorem1_limit(n, kappa)
 
 
@@ -199,8 +199,8 @@ def git_commit_of(path):
 
 def cost_markdown(records, fits, predictions, command, base, out_root):
     lines = ["# The cost of recovery", "",
-             f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (README "
-             f"\"The cost of recovery\"). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
+             f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
+             f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
              "whitening. Pairs in millions; censored: the cap came first. Law: the fit below, "
              "evaluated at the run's N and I.", ""]
