@@ -1209,6 +1209,15 @@ def test_grid_cost_is_counted_in_runs_of_the_default_preset_inside_the_grid():
         "a grid that reused runs has no wall time of its own to count"
 
 
+def test_grid_table_gives_the_range_of_steps_when_runs_stop_at_different_steps():
+    import train
+    row = {"preset": "sphere_vmf", "r2": 0.99, "mcc": 0.5, "met": True, "seconds": 1.0}
+    rows = [{**row, "seed": s, "steps": steps} for s, steps in enumerate((298000, 222000, 370000))]
+    table = train.grid_markdown(rows, "cmd", 1.0, 64)
+    assert "| 222000–370000 |" in table, table
+    assert "| 12000 |" in train.grid_markdown([{**r, "steps": 12000} for r in rows], "cmd", 1.0, 64)
+
+
 def test_grid_writes_csv_markdown_and_figure(tmp_path):
     import train
     code = train.main(["--grid", "--seeds", "2", "--jobs", "2", "--n", "3", "--steps", "4",

@@ -1001,6 +1001,13 @@ def grid_cost(rows, wall_seconds, jobs):
             f"of the default preset ({DEFAULT_PRESET}, {per_run:.0f} s a run inside this grid).")
 
 
+def step_range(steps):
+    """One step count, or "fewest–most" when runs stopped at different steps (a
+    stopping rule, stop_r2)."""
+    low, high = min(int(s) for s in steps), max(int(s) for s in steps)
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
 def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselines=(), env=None,
                   jobs=None):
     reused = sum(bool(r.get("reused")) for r in rows)
@@ -1032,7 +1039,7 @@ def grid_markdown(rows, command, wall_seconds, eval_size, out_root=None, baselin
                  for key in ("r2", "mcc", "identity_r2", "identity_mcc", "supervised_r2", "supervised_mcc")]
         met = sum(bool(r["met"]) for r in mine)
         lines.append(f"| {name} | {preset.expect} | {describe_bars(preset)} | {met}/{len(mine)} | "
-                     + " | ".join(cells) + f" | {mine[0]['steps']} | "
+                     + " | ".join(cells) + f" | {step_range([r['steps'] for r in mine])} | "
                      f"{'yes' if mine[0].get('self_pair') else 'no'} | "
                      f"{np.mean([r['seconds'] for r in mine]):.0f} |")
     missed = [name for name in PRESETS if any(r["preset"] == name and not r["met"] for r in rows)]
