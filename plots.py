@@ -310,8 +310,8 @@ def plot_official_curve(csv_path):
 def plot_cost(results_dir):
     """cost.png from results_dir/cost.csv and cost.json (bench/recovery_cost.py):
     pairs to R² >= 0.99 against the information a pair carries, log-log, one marker
-    per N; the fitted law as a line per N; a censored run as an open marker at the
-    cap; held-out points ringed, the plain recipe as crosses."""
+    per N; the fitted law as a line per N; a censored or paused run as an open marker
+    at its pairs so far; held-out points ringed, the plain recipe as crosses."""
     with open(os.path.join(results_dir, "cost.csv")) as f:
         rows = list(csv.DictReader(f))
     fit_path = os.path.join(results_dir, "cost.json")
@@ -320,7 +320,8 @@ def plot_cost(results_dir):
     colors = dict(zip(markers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
     for r in rows:
-        n, info, censored = int(r["n"]), float(r["info"]), r["censored"] == "True"
+        n, info = int(r["n"]), float(r["info"])
+        censored = r["censored"] == "True" or r.get("finished") == "False"  # a lower bound
         pairs = float(r["pairs"] if censored else r["pairs_099"])
         style = dict(marker=markers[n], color=colors[n], ms=7, ls="none")
         if r["set"] == "plain":
@@ -336,7 +337,7 @@ def plot_cost(results_dir):
         if fit:
             ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1)
         ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
-    ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="censored (cap)")
+    ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")
     ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="held-out")
     ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
     ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",

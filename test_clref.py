@@ -1462,6 +1462,16 @@ def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
          for s, r, q in rows[:4] + [(900, 0.99, 0.989)]], train.log_columns(cfg)))
     record = cost.run_record(("study", 3, 10.0, cfg, str(path)))
     assert record["censored"] and record["pairs_099"] is None and record["pairs"] == 900 * 32
+    os.remove(path / "metrics.json")  # paused by SIGTERM: its pairs so far are a lower bound
+    paused = cost.run_record(("study", 3, 10.0, cfg, str(path)))
+    assert not paused["finished"] and not paused["censored"] and paused["pairs_099"] is None
+    assert paused["pairs"] == 900 * 32 and paused["r2"] == 0.99 and paused["pairs_jump"] == 200 * 32
+    finished = [{**record, "n": n, "info": info, "pairs_jump": p, "finished": True}
+                for n, info, p in ((3, 1.0, 1e5), (5, 1.0, 4e5), (3, 2.0, 6e4), (5, 0.5, 9e5))]
+    fit = cost.fit_records(finished, "pairs_jump")
+    assert cost.fit_records(finished + [paused], "pairs_jump") == fit, "a paused run entered the fit"
+    assert cost.run_record(("study", 3, 10.0, cfg.replace(seed=1), str(path))) is None, \
+        "a run of another configuration was read as this one"
 
 
 def test_evaluation_with_growth_is_at_most_that_fraction_late():

@@ -24,7 +24,8 @@ have passed (so a pair count below is at most 2 % late). Per run:
 - the seconds of one core it took.
 The law (results/cost.md): pairs = c N^a I^(-b), I = I(z; z_tilde) =
 log|S^{N-1}| - H_vMF(kappa) nats (minus Theorem 1's limit, README §5), fitted by
-least squares in logs over the study's uncensored runs.
+least squares in logs over the study's finished, uncensored runs (a paused run is a
+lower bound in the table and the figure).
 """
 import argparse
 import csv
@@ -58,7 +59,7 @@ SEEDS = (0, 1, 2)
 JUMP_R2, TARGET_R2, EVAL_GROWTH = 0.95, 0.99, 0.02
 BASE = train.PRESETS["sphere_vmf"].config.replace(stop_r2=TARGET_R2, eval_growth=EVAL_GROWTH,
                                                   supervised_steps=0)
-COLUMNS = ["set", "n", "kappa", "info", "seed", "pairs_jump", "pairs_099", "censored", "r2",
+COLUMNS = ["set", "n", "kappa", "info", "seed", "pairs_jump", "pairs_099", "censored", "finished", "r2",
            "steps", "pairs", "seconds", "pairs_per_second"]
 
 
@@ -119,21 +120,28 @@ def read_log(path):
 
 
 def run_record(job):
-    """One row of cost.csv from a finished run's log.csv and metrics.json, or None
-    when the run has not finished."""
+    """One row of cost.csv from a run's log.csv and metrics.json. A run that was
+    started and not finished (paused: SIGTERM) gives a row with finished False, its
+    pairs so far a lower bound; a run never started gives None."""
     name, n, kappa, cfg, path = job
     metrics = train.finished_metrics(path, cfg)
-    if metrics is None or not os.path.exists(os.path.join(path, "log.csv")):
+    if not os.path.exists(os.path.join(path, "log.csv")) or (
+            metrics is None and not train.same_config(path, cfg)):
         return None
     log = read_log(path)
+    if not log:
+        return None
     pairs = cfg.batch_size
     jump = next((row["step"] * pairs for row in log if row["r2"] >= JUMP_R2), None)
-    reached = train.target_reached(cfg, log)
-    steps = metrics["steps"]
+    finished = metrics is not None
+    reached = finished and train.target_reached(cfg, log)
+    steps = int(metrics["steps"] if finished else log[-1]["step"])
+    seconds = metrics["seconds"] if finished else log[-1]["seconds"]
     return {"set": name, "n": n, "kappa": kappa, "info": pair_information(n, kappa),
             "seed": cfg.seed, "pairs_jump": jump, "pairs_099": steps * pairs if reached else None,
-            "censored": not reached, "r2": metrics["r2"], "steps": steps,
-            "pairs": steps * pairs, "seconds": metrics["seconds"], "pairs_per_second": steps * pairs / metrics["seconds"]}
+            "censored": finished and not reached, "finished": finished,
+            "r2": metrics["r2"] if finished else log[-1]["r2"], "steps": steps,
+            "pairs": steps * pairs, "seconds": seconds, "pairs_per_second": steps * pairs / seconds}
 
 
 # ----------------------------------------------------------------------------
@@ -170,8 +178,8 @@ def law_pairs(fit, n, info):
 
 
 def fit_records(records, key):
-    """The law for `key` ("pairs_099" or "pairs_jump") over the study's runs that got there."""
-    used = [r for r in records if r["set"] == "study" and r[key] is not None]
+    """The law for `key` ("pairs_099" or "pairs_jump") over the study's finished runs that got there."""
+    used = [r for r in records if r["set"] == "study" and r["finished"] and r[key] is not None]
     return fit_law([r["n"] for r in used], [r["info"] for r in used], [r[key] for r in used])
 
 
@@ -205,7 +213,8 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
              f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
              f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
-             "whitening. Pairs in millions; censored: the cap came first. Law: the fit below, "
+             "whitening. Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
+             "to be continued (its R² is held-out R² at its last evaluation). Law: the fit below, "
              "evaluated at the run's N and I.", ""]
     for key, label in (("pairs_099", "R² >= 0.99"), ("pairs_jump", f"the jump (R² >= {JUMP_R2})")):
         if key in fits:
@@ -223,6 +232,7 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
             f"| {r['set']} | {r['n']} | {r['kappa']:g} | {r['info']:.4f} | {r['seed']} | "
             f"{millions(r['pairs_jump'])} | "
             + (f"> {r['pairs'] / 1e6:.0f} (censored)" if r["censored"]
+               else f"> {r['pairs'] / 1e6:.2f} (paused)" if not r["finished"]
                else millions(r["pairs_099"]))
             + f" | {millions(predicted)} | {ratio} | {r['r2']:.4f} | {r['seconds'] / 60:.1f} | "
             f"{r['pairs_per_second'] / 1e3:.0f} |")
@@ -259,13 +269,13 @@ def write_reports(jobs, results_dir, command, base, out_root):
     if fits:
         train.write_json(os.path.join(results_dir, "cost.json"),
                          {**fits, "pairs_per_second": float(np.median(
-                             [r["pairs_per_second"] for r in records if r["set"] == "study"]))})
+                             [r["pairs_per_second"] for r in records if r["set"] == "study" and r["finished"]]))})
     predictions = read_predictions(results_dir)
     train.write_text(os.path.join(results_dir, "cost.md"),
                      cost_markdown(records, fits, predictions, command, base, out_root))
     import plots
     plots.plot_cost(results_dir)
-    print(f"{len(records)} of the {len(jobs)} runs of every set have finished; wrote {results_dir}/cost.csv, cost.md, "
+    print(f"{sum(r['finished'] for r in records)} of the {len(jobs)} runs of every set have finished; wrote {results_dir}/cost.csv, cost.md, "
           "cost.png" + (", cost.json" if fits else ""))
     return records
 
