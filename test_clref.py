@@ -1438,6 +1438,17 @@ def test_cost_law_fit_recovers_known_constants():
         cost.fit_law([3, 5, 10], [1.0, 2.0, 3.0], [1e6, 2e6, 3e6])
 
 
+def test_cost_report_gives_what_whitening_changes_run_by_run():
+    cost = load_recovery_cost()
+    run = dict(n=10, kappa=3.0, seed=0)
+    records = [{**run, "set": "study", "pairs_099": 2e7}, {**run, "set": "plain", "pairs_099": 3e7},
+               {**run, "seed": 1, "set": "plain", "pairs_099": 5e7},  # no whitened partner
+               {**run, "seed": 2, "set": "plain", "pairs_099": None}]
+    text = "\n".join(cost.plain_lines(records))
+    assert "N = 10, kappa = 3: 1.50." in text, text
+    assert cost.plain_lines(records[:1]) == []
+
+
 def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
     """pairs to the jump: the first evaluation with held-out R² >= 0.95; pairs to
     0.99: the stop, two evaluations in a row at or above it on the rule's samples."""

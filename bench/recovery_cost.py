@@ -252,8 +252,28 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
             else:
                 cells = f"{len(got)} of {len(mine)} runs reached it | -"
             lines.append(f"| {p['n']} | {p['kappa']:g} | {millions(p['pairs_099'])} | {cells} |")
+    lines += plain_lines(records)
     lines += ["", "![pairs to R² 0.99 against I](cost.png)", ""]
     return "\n".join(lines)
+
+
+def plain_lines(records):
+    """What whitening changes: per plain run, its pairs to 0.99 over those of the
+    whitened run at the same N, kappa and seed."""
+    whitened = {(r["n"], r["kappa"], r["seed"]): r["pairs_099"] for r in records
+                if r["set"] == "study" and r["pairs_099"]}
+    ratios = {}
+    for r in records:
+        key = (r["n"], r["kappa"], r["seed"])
+        if r["set"] == "plain" and r["pairs_099"] and whitened.get(key):
+            ratios.setdefault(key[:2], []).append(f"{r['pairs_099'] / whitened[key]:.2f}")
+    if not ratios:
+        return []
+    return ["", "## Without whitening", "",
+            "Pairs to 0.99 of the plain recipe over those of the whitened one, same N, kappa "
+            "and seed (seeds in order): "
+            + "; ".join(f"N = {n}, kappa = {k:g}: {', '.join(v)}" for (n, k), v in ratios.items())
+            + "."]
 
 
 def write_reports(jobs, results_dir, command, base, out_root):
