@@ -335,6 +335,7 @@ def plot_cost(results_dir):
     grid = np.geomspace(infos.min() / 1.3, infos.max() * 1.3, 50)
     for n in markers:
         if fit:
+            # the law c N^a I^(-b) of results/cost.md (bench/recovery_cost.py, law_pairs)
             ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1)
         ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
     ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")

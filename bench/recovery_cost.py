@@ -240,6 +240,7 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
         commit = predictions.get("commit") or "not yet committed"
         lines += ["", f"## Held-out predictions (registered in results/cost-predictions.json, "
                   f"commit {commit}, from the fit of {predictions['fit']['runs']} runs)", "",
+                  f"Registered law for R² >= 0.99: pairs = c N^a I^(-b), {describe_fit(predictions['fit'])}.", "",
                   "| N | kappa | predicted M pairs to 0.99 | measured (median of seeds) | "
                   "measured / predicted |", "|---|---|---|---|---|"]
         for p in predictions["points"]:
