@@ -917,13 +917,13 @@ def grid_rows(runs, results, out_root):
     return rows
 
 
-def run_in_pool(worker, jobs, processes):
+def run_in_pool(worker, jobs, processes, threads=None):
     """[worker(job) for job in jobs] in `processes` fresh interpreters that share
-    the cores (each gets cores // processes BLAS threads). SIGINT and SIGTERM ask
+    the cores (each gets `threads` BLAS threads, by default cores // processes). SIGINT and SIGTERM ask
     every job to stop after its current step (`stop_requested` in the workers);
     the worker then returns {"status": "interrupted"} or "skipped"."""
     from multiprocessing import get_context
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = threads or max(1, (os.cpu_count() or 1) // processes)
     context = get_context("spawn")
     STOP["event"] = context.Event()
     # the workers start fresh interpreters: share the cores among them, and let them
