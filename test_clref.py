@@ -1449,6 +1449,20 @@ def test_cost_report_gives_what_whitening_changes_run_by_run():
     assert cost.plain_lines(records[:1]) == []
 
 
+def test_cost_ratio_of_a_point_counts_censored_runs_as_lower_bounds():
+    cost = load_recovery_cost()
+    run = dict(set="large-kappa", n=10, kappa=50.0, finished=True, censored=False)
+    reached = [{**run, "pairs_099": p, "pairs": p} for p in (2e6, 4e6)]
+    capped = {**run, "pairs_099": None, "pairs": 5e7, "censored": True}
+    assert cost.measured_cells(reached + [capped], "large-kappa", 10, 50.0, 1e6) == "4.00 (3 runs, 1 censored) | 4.00"
+    assert cost.measured_cells(reached[:1] + [capped, capped], "large-kappa", 10, 50.0, 1e6) == \
+        "> 50.00 (3 runs, 2 censored) | > 50.00"
+    assert cost.measured_cells(reached, "large-kappa", 10, 50.0, 2e6) == "3.00 (2 runs) | 1.50"
+    paused = {**capped, "finished": False, "censored": False}
+    assert cost.measured_cells(reached + [paused], "large-kappa", 10, 50.0, 1e6) == "2 of 3 runs reached it | -"
+    assert cost.measured_cells(reached, "study", 10, 50.0, 1e6) == "0 of 0 runs reached it | -"
+
+
 def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
     """pairs to the jump: the first evaluation with held-out R² >= 0.95; pairs to
     0.99: the stop, two evaluations in a row at or above it on the rule's samples."""

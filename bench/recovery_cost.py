@@ -251,18 +251,44 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
                   "| N | kappa | predicted M pairs to 0.99 | measured (median of seeds) | "
                   "measured / predicted |", "|---|---|---|---|---|"]
         for p in predictions["points"]:
-            mine = [r for r in records if r["set"] == "held-out" and r["n"] == p["n"]
-                    and r["kappa"] == p["kappa"]]
-            got = [r["pairs_099"] for r in mine if r["pairs_099"]]
-            if mine and len(got) == len(mine):
-                measured = float(np.median(got))
-                cells = f"{millions(measured)} ({len(got)} runs) | {measured / p['pairs_099']:.2f}"
-            else:
-                cells = f"{len(got)} of {len(mine)} runs reached it | -"
-            lines.append(f"| {p['n']} | {p['kappa']:g} | {millions(p['pairs_099'])} | {cells} |")
+            lines.append(f"| {p['n']} | {p['kappa']:g} | {millions(p['pairs_099'])} | "
+                         f"{measured_cells(records, 'held-out', p['n'], p['kappa'], p['pairs_099'])} |")
+        lines += large_kappa_lines(records, predictions["fit"])
     lines += plain_lines(records)
     lines += ["", "![pairs to R² 0.99 against I](cost.png)", ""]
     return "\n".join(lines)
+
+
+def measured_cells(records, set_name, n, kappa, predicted):
+    """'median (k runs) | median / predicted' over the set's runs at (N, kappa). A run
+    that hit its cap counts as its cap; when the median is such a run, both cells
+    are lower bounds ('>'). Until every run has stopped: 'j of k runs reached it | -'."""
+    mine = [r for r in records if r["set"] == set_name and r["n"] == n and r["kappa"] == kappa]
+    if not mine or not all(r["finished"] for r in mine):
+        return f"{sum(bool(r['pairs_099']) for r in mine)} of {len(mine)} runs reached it | -"
+    runs = sorted(mine, key=lambda r: r["pairs_099"] or r["pairs"])
+    middle = runs[(len(runs) - 1) // 2: len(runs) // 2 + 1]
+    measured = float(np.median([r["pairs_099"] or r["pairs"] for r in middle]))
+    bound = "> " if any(r["censored"] for r in middle) else ""
+    return (f"{bound}{millions(measured)} ({len(mine)} runs"
+            + (f", {sum(r['censored'] for r in mine)} censored" if any(r["censored"] for r in mine) else "")
+            + f") | {bound}{measured / predicted:.2f}")
+
+
+def large_kappa_lines(records, fit):
+    """The registered law against the large-kappa set and the study's largest kappa."""
+    points = [(20, 50.0)] + LARGE_KAPPA
+    rows = [f"| {n} | {kappa:g} | {millions(law_pairs(fit, n, pair_information(n, kappa)))} | "
+            + measured_cells(records, "study" if (n, kappa) in STUDY else "large-kappa", n, kappa,
+                             law_pairs(fit, n, pair_information(n, kappa))) + " |"
+            for n, kappa in points
+            if any(r["n"] == n and r["kappa"] == kappa for r in records)]
+    if not rows:
+        return []
+    return ["", "## Large kappa (the registered law; `--set large-kappa` is capped at "
+            f"{LARGE_KAPPA_STEPS * BASE.batch_size / 1e6:.0f} M pairs)", "",
+            "| N | kappa | registered law M pairs | measured (median of seeds) | measured / law |",
+            "|---|---|---|---|---|", *rows]
 
 
 def plain_lines(records):
