@@ -311,7 +311,8 @@ def plot_cost(results_dir):
     """cost.png from results_dir/cost.csv and cost.json (bench/recovery_cost.py):
     pairs to R² >= 0.99 against the information a pair carries, log-log, one marker
     per N; the fitted law as a line per N; a censored or paused run as an open marker
-    at its pairs so far; held-out points ringed, the plain recipe as crosses."""
+    at its pairs so far; runs the fit left out (held out, or outside the law's domain)
+    ringed, the plain recipe as crosses."""
     with open(os.path.join(results_dir, "cost.csv")) as f:
         rows = list(csv.DictReader(f))
     fit_path = os.path.join(results_dir, "cost.json")
@@ -328,7 +329,7 @@ def plot_cost(results_dir):
             style.update(marker="x")
         elif censored:
             style.update(mfc="none")
-        elif r["set"] == "held-out":
+        elif r.get("fitted", "True") != "True":       # held out, or outside the law's domain
             style.update(mec="black", mew=1.5)
         ax.plot(info, pairs, **style)
     infos = np.array([float(r["info"]) for r in rows]) if rows else np.array([0.05, 10])
@@ -339,7 +340,7 @@ def plot_cost(results_dir):
             ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1)
         ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
     ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")
-    ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="held-out")
+    ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="not in the fit")
     ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
     ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",
            ylabel="positive pairs to held-out R² >= 0.99",

@@ -1463,6 +1463,41 @@ def test_cost_ratio_of_a_point_counts_censored_runs_as_lower_bounds():
     assert cost.measured_cells(reached, "study", 10, 50.0, 1e6) == "0 of 0 runs reached it | -"
 
 
+def test_cost_law_is_fitted_inside_its_domain_and_registered_once(tmp_path, capsys):
+    """The fit leaves out study runs beyond the domain (kappa > 20) and every other set;
+    --register writes a held-out set's predictions from the fit once; --predict says
+    when a point lies outside the domain."""
+    import train
+    cost = load_recovery_cost()
+    law = dict(c=1e3, a=3.0, b=0.8)
+
+    def run(set_name, n, kappa, factor=1.0):
+        info = cost.pair_information(n, kappa)
+        return {"set": set_name, "n": n, "kappa": kappa, "info": info, "finished": True,
+                "fitted": set_name == "study" and cost.in_domain(n, kappa),
+                "pairs_099": factor * cost.law_pairs(law, n, info)}
+    records = [run("study", n, k) for n, k in ((3, 10.0), (5, 10.0), (10, 1.0), (10, 5.0), (20, 20.0))]
+    outside = [run("study", 20, 50.0, 13.0), run("held-out", 5, 30.0, 2.0), run("plain", 10, 5.0, 1.3)]
+    fit = cost.fit_records(records + outside, "pairs_099")
+    assert (fit["c"], fit["a"], fit["b"], fit["runs"]) == pytest.approx((1e3, 3.0, 0.8, 5), rel=1e-9)
+    assert not cost.in_domain(2, 10.0) and not cost.in_domain(10, 0.5) and cost.in_domain(20, 20.0)
+    train.write_json(str(tmp_path / "cost.json"), {"pairs_099": fit, "pairs_jump": fit,
+                                                   "pairs_per_second": 1e5})
+    cost.register(str(tmp_path), "held-out-2")
+    saved = train.read_json(str(tmp_path / "cost-predictions-2.json"))
+    assert [(p["n"], p["kappa"]) for p in saved["points"]] == cost.HELD_OUT_2
+    assert saved["points"][0]["pairs_099"] == pytest.approx(
+        cost.law_pairs(law, 12, cost.pair_information(12, 3.0)), rel=1e-9)
+    with pytest.raises(SystemExit, match="registered once"):
+        cost.register(str(tmp_path), "held-out-2")
+    assert set(cost.read_predictions(str(tmp_path))) == {"held-out-2"}
+    capsys.readouterr()
+    cost.predict(str(tmp_path), 20, 50.0)
+    assert "outside the law's domain" in capsys.readouterr().out
+    cost.predict(str(tmp_path), 10, 3.0)
+    assert "outside" not in capsys.readouterr().out
+
+
 def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
     """pairs to the jump: the first evaluation with held-out R² >= 0.95; pairs to
     0.99: the stop, two evaluations in a row at or above it on the rule's samples."""

@@ -1,7 +1,8 @@
 """How many positive pairs recovery costs on the sphere, and a law that predicts it
 (results/cost.md).
 
-python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|all] [--jobs 2] [--threads T]
+python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|held-out-2|all]
+                              [--jobs 2] [--threads T]
     trains every (N, kappa, seed) of the set that has not finished, then writes
     results/cost.csv, results/cost.md, results/cost.json (the fit) and
     results/cost.png. Resumable like the grid: SIGINT or SIGTERM keeps the work,
@@ -9,10 +10,12 @@ python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|all] [--jo
 python bench/recovery_cost.py --report
     the same files from the runs that have finished, training nothing.
 python bench/recovery_cost.py --predict N KAPPA
-    the fitted law's pairs (and minutes of one core) to the jump and to R² >= 0.99.
-python bench/recovery_cost.py --register
-    writes results/cost-predictions.json: the law's predictions for the held-out
-    points, from the current fit, before those points are run. It never overwrites.
+    the fitted law's pairs (and minutes of one core) to the jump and to R² >= 0.99,
+    and whether (N, KAPPA) lies in the law's domain.
+python bench/recovery_cost.py --register [held-out|held-out-2]
+    writes the law's predictions for a held-out set's points, from the current fit,
+    before those points are run (results/cost-predictions.json, -2.json). It never
+    overwrites.
 
 Every run is the grid's sphere_vmf recipe (README "The experiment grid": whitened
 64-64-64 encoder, lr 1e-3 sqrt(T / (T + t)), batch 512, at most 500 000 steps)
@@ -24,8 +27,8 @@ have passed (so a pair count below is at most 2 % late). Per run:
 - the seconds of one core it took.
 The law (results/cost.md): pairs = c N^a I^(-b), I = I(z; z_tilde) =
 log|S^{N-1}| - H_vMF(kappa) nats (minus Theorem 1's limit, README §5), fitted by
-least squares in logs over the study's finished, uncensored runs (a paused run is a
-lower bound in the table and the figure).
+least squares in logs over the study's finished, uncensored runs inside its domain,
+N 3-20 and kappa 1-20 (a paused run is a lower bound in the table and the figure).
 """
 import argparse
 import csv
@@ -58,12 +61,21 @@ PLAIN = [(10, 3.0), (10, 10.0)]                    # the same recipe without whi
 # these ask whether large kappa breaks it at smaller N too (compared with the registered law)
 LARGE_KAPPA = [(10, 50.0), (10, 100.0), (5, 100.0)]
 LARGE_KAPPA_STEPS = 100_000     # a cap of 51 M pairs, > 25x the registered law at each point
-SETS = {"study": STUDY, "held-out": HELD_OUT, "plain": PLAIN, "large-kappa": LARGE_KAPPA}
+# the law's domain, where the study measured it: beyond kappa = 20 it predicts too few
+# pairs (results/cost.md, "Large kappa"), so the fit leaves the study's kappa = 50 out
+DOMAIN_N, DOMAIN_KAPPA = (3, 20), (1.0, 20.0)
+# a second registration, inside the domain and after it was drawn: N and kappa
+# between and beside the study's, one below its smallest N = 10 kappa
+HELD_OUT_2 = [(12, 3.0), (15, 15.0), (8, 1.5), (4, 5.0)]
+SETS = {"study": STUDY, "held-out": HELD_OUT, "plain": PLAIN, "large-kappa": LARGE_KAPPA,
+        "held-out-2": HELD_OUT_2}
+# the sets whose points were predicted, and committed, before they were run
+REGISTERED = {"held-out": "cost-predictions.json", "held-out-2": "cost-predictions-2.json"}
 SEEDS = (0, 1, 2)
 JUMP_R2, TARGET_R2, EVAL_GROWTH = 0.95, 0.99, 0.02
 BASE = train.PRESETS["sphere_vmf"].config.replace(stop_r2=TARGET_R2, eval_growth=EVAL_GROWTH,
                                                   supervised_steps=0)
-COLUMNS = ["set", "n", "kappa", "info", "seed", "pairs_jump", "pairs_099", "censored", "finished", "r2",
+COLUMNS = ["set", "n", "kappa", "info", "seed", "fitted", "pairs_jump", "pairs_099", "censored", "finished", "r2",
            "steps", "pairs", "seconds", "pairs_per_second"]
 
 
@@ -71,6 +83,10 @@ def pair_information(n, kappa):
     """I(z; z_tilde) in nats for z uniform on S^{N-1} and z_tilde ~ vMF(z, kappa):
     log|S^{N-1}| - H_vMF(kappa), minus the limit of README §5 "Theorem 1 as a number"."""
     return -C.theorem1_limit(n, kappa)
+
+
+def in_domain(n, kappa):
+    return DOMAIN_N[0] <= n <= DOMAIN_N[1] and DOMAIN_KAPPA[0] <= kappa <= DOMAIN_KAPPA[1]
 
 
 def run_config(set_name, n, kappa, seed, base=BASE):
@@ -145,7 +161,7 @@ def run_record(job):
     steps = int(metrics["steps"] if finished else log[-1]["step"])
     seconds = metrics["seconds"] if finished else log[-1]["seconds"]
     return {"set": name, "n": n, "kappa": kappa, "info": pair_information(n, kappa),
-            "seed": cfg.seed, "pairs_jump": jump, "pairs_099": steps * pairs if reached else None,
+            "seed": cfg.seed, "fitted": name == "study" and in_domain(n, kappa), "pairs_jump": jump, "pairs_099": steps * pairs if reached else None,
             "censored": finished and not reached, "finished": finished,
             "r2": metrics["r2"] if finished else log[-1]["r2"], "steps": steps,
             "pairs": steps * pairs, "seconds": seconds, "pairs_per_second": steps * pairs / seconds}
@@ -185,8 +201,9 @@ def law_pairs(fit, n, info):
 
 
 def fit_records(records, key):
-    """The law for `key` ("pairs_099" or "pairs_jump") over the study's finished runs that got there."""
-    used = [r for r in records if r["set"] == "study" and r["finished"] and r[key] is not None]
+    """The law for `key` ("pairs_099" or "pairs_jump") over the study's finished runs
+    inside the domain that got there."""
+    used = [r for r in records if r["fitted"] and r["finished"] and r[key] is not None]
     return fit_law([r["n"] for r in used], [r["info"] for r in used], [r[key] for r in used])
 
 
@@ -222,38 +239,42 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
              "whitening. Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
              "to be continued (its R² is held-out R² at its last evaluation). Law: the fit below, "
-             "evaluated at the run's N and I.", ""]
+             "evaluated at the run's N and I. Fitted: the study's runs inside the law's domain, "
+             f"N {DOMAIN_N[0]}-{DOMAIN_N[1]} and kappa {DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g} "
+             "(beyond kappa 20 the law predicts too few pairs: see Large kappa).", ""]
     for key, label in (("pairs_099", "R² >= 0.99"), ("pairs_jump", f"the jump (R² >= {JUMP_R2})")):
         if key in fits:
             lines.append(f"Law for {label}: pairs = c N^a I^(-b), {describe_fit(fits[key])}.")
             lines.append("")
     fit = fits.get("pairs_099")
-    lines += ["| set | N | kappa | I (nats) | seed | M pairs to jump | M pairs to 0.99 | law | "
+    lines += ["| set | N | kappa | I (nats) | seed | fitted | M pairs to jump | M pairs to 0.99 | law | "
               "measured / law | held-out R² | minutes | k pairs/s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         predicted = law_pairs(fit, r["n"], r["info"]) if fit else None
         ratio = (f"{r['pairs_099'] / predicted:.2f}" if predicted and r["pairs_099"]
                  else (f"> {r['pairs'] / predicted:.2f}" if predicted else "-"))
         lines.append(
             f"| {r['set']} | {r['n']} | {r['kappa']:g} | {r['info']:.4f} | {r['seed']} | "
+            f"{'yes' if r['fitted'] else 'no'} | "
             f"{millions(r['pairs_jump'])} | "
             + (f"> {r['pairs'] / 1e6:.0f} (censored)" if r["censored"]
                else f"> {r['pairs'] / 1e6:.2f} (paused)" if not r["finished"]
                else millions(r["pairs_099"]))
             + f" | {millions(predicted)} | {ratio} | {r['r2']:.4f} | {r['seconds'] / 60:.1f} | "
             f"{r['pairs_per_second'] / 1e3:.0f} |")
-    if predictions:
-        commit = predictions.get("commit") or "not yet committed"
-        lines += ["", f"## Held-out predictions (registered in results/cost-predictions.json, "
-                  f"commit {commit}, from the fit of {predictions['fit']['runs']} runs)", "",
-                  f"Registered law for R² >= 0.99: pairs = c N^a I^(-b), {describe_fit(predictions['fit'])}.", "",
+    for set_name, saved in predictions.items():
+        commit = saved.get("commit") or "not yet committed"
+        lines += ["", f"## Held-out predictions: {set_name} (registered in results/"
+                  f"{REGISTERED[set_name]}, commit {commit}, from the fit of {saved['fit']['runs']} runs)", "",
+                  f"Registered law for R² >= 0.99: pairs = c N^a I^(-b), {describe_fit(saved['fit'])}.", "",
                   "| N | kappa | predicted M pairs to 0.99 | measured (median of seeds) | "
                   "measured / predicted |", "|---|---|---|---|---|"]
-        for p in predictions["points"]:
+        for p in saved["points"]:
             lines.append(f"| {p['n']} | {p['kappa']:g} | {millions(p['pairs_099'])} | "
-                         f"{measured_cells(records, 'held-out', p['n'], p['kappa'], p['pairs_099'])} |")
-        lines += large_kappa_lines(records, predictions["fit"])
+                         f"{measured_cells(records, set_name, p['n'], p['kappa'], p['pairs_099'])} |")
+    if "held-out" in predictions:
+        lines += large_kappa_lines(records, predictions["held-out"]["fit"])
     lines += plain_lines(records)
     lines += ["", "![pairs to R² 0.99 against I](cost.png)", ""]
     return "\n".join(lines)
@@ -335,15 +356,19 @@ def write_reports(jobs, results_dir, command, base, out_root):
 
 
 def read_predictions(results_dir):
-    path = os.path.join(results_dir, "cost-predictions.json")
-    saved = train.read_json(path)
-    if saved is not None:
-        saved["commit"] = git_commit_of(os.path.relpath(path, ROOT))
-    return saved
+    """{set: its registered predictions, with the commit that added them} for the
+    registered sets that have a file."""
+    found = {}
+    for set_name, name in REGISTERED.items():
+        path = os.path.join(results_dir, name)
+        saved = train.read_json(path)
+        if saved is not None:
+            found[set_name] = {**saved, "commit": git_commit_of(os.path.relpath(path, ROOT))}
+    return found
 
 
-def register(results_dir):
-    path = os.path.join(results_dir, "cost-predictions.json")
+def register(results_dir, set_name):
+    path = os.path.join(results_dir, REGISTERED[set_name])
     if os.path.exists(path):
         raise SystemExit(f"{path} exists; predictions are registered once")
     fits = train.read_json(os.path.join(results_dir, "cost.json"))
@@ -352,12 +377,12 @@ def register(results_dir):
     points = [{"n": n, "kappa": kappa, "info": pair_information(n, kappa),
                "pairs_099": law_pairs(fits["pairs_099"], n, pair_information(n, kappa)),
                "pairs_jump": law_pairs(fits["pairs_jump"], n, pair_information(n, kappa))}
-              for n, kappa in HELD_OUT]
+              for n, kappa in SETS[set_name]]
     train.write_json(path, {"fit": fits["pairs_099"], "fit_jump": fits["pairs_jump"],
                             "points": points})
     for p in points:
         print(f"N = {p['n']}, kappa = {p['kappa']:g}: {p['pairs_099'] / 1e6:.1f} M pairs to R² 0.99")
-    print(f"wrote {path}; commit it before running --set held-out")
+    print(f"wrote {path}; commit it before running --set {set_name}")
 
 
 def predict(results_dir, n, kappa):
@@ -366,6 +391,10 @@ def predict(results_dir, n, kappa):
         raise SystemExit(f"no fit in {results_dir}/cost.json: run the study first")
     info = pair_information(n, kappa)
     print(f"N = {n}, kappa = {kappa:g}: I(z; z_tilde) = {info:.4f} nats a pair")
+    if not in_domain(n, kappa):
+        print(f"  outside the law's domain (N {DOMAIN_N[0]}-{DOMAIN_N[1]}, kappa "
+              f"{DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g}), an extrapolation; beyond kappa 20 "
+              "the law predicts too few pairs (results/cost.md, Large kappa)")
     for key, label in (("pairs_jump", f"to the jump (R² {JUMP_R2})"), ("pairs_099", "to R² 0.99")):
         pairs, spread = law_pairs(fits[key], n, info), math.exp(fits[key]["scatter"])
         print(f"  {label}: {pairs / 1e6:.3g} M pairs (runs scatter ×{spread:.2f} around the law), "
@@ -389,8 +418,9 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "cost", "runs"))
     parser.add_argument("--results", default=os.path.join(ROOT, "results"))
     parser.add_argument("--report", action="store_true", help="write the reports, train nothing")
-    parser.add_argument("--register", action="store_true",
-                        help="register the held-out predictions from the current fit")
+    parser.add_argument("--register", nargs="?", const="held-out", choices=list(REGISTERED),
+                        help="register the predictions of a held-out set (default held-out) "
+                             "from the current fit")
     parser.add_argument("--predict", nargs=2, metavar=("N", "KAPPA"))
     parser.add_argument("--base", type=json.loads, default={},
                         help="JSON of recipe fields to change, e.g. '{\"widths\": [8, 8]}' "
@@ -410,7 +440,7 @@ def main(argv=None):
         check_point(n, kappa)
         return predict(args.results, n, kappa)
     if args.register:
-        return register(args.results)
+        return register(args.results, args.register)
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be an integer >= 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
