@@ -1458,6 +1458,9 @@ def test_cost_ratio_of_a_point_counts_censored_runs_as_lower_bounds():
     assert cost.measured_cells(reached[:1] + [capped, capped], "large-kappa", 10, 50.0, 1e6) == \
         "> 50.00 (3 runs, 2 censored) | > 50.00"
     assert cost.measured_cells(reached, "large-kappa", 10, 50.0, 2e6) == "3.00 (2 runs) | 1.50"
+    at_cap = {**run, "pairs_099": 5e7, "pairs": 5e7}
+    assert cost.measured_cells([capped, reached[0], at_cap], "large-kappa", 10, 50.0, 1e6) == \
+        "50.00 (3 runs, 1 censored) | 50.00", "a run that stopped at the cap is the median, exactly"
     paused = {**capped, "finished": False, "censored": False}
     assert cost.measured_cells(reached + [paused], "large-kappa", 10, 50.0, 1e6) == "2 of 3 runs reached it | -"
     assert cost.measured_cells(reached, "study", 10, 50.0, 1e6) == "0 of 0 runs reached it | -"

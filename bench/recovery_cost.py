@@ -287,7 +287,8 @@ def measured_cells(records, set_name, n, kappa, predicted):
     mine = [r for r in records if r["set"] == set_name and r["n"] == n and r["kappa"] == kappa]
     if not mine or not all(r["finished"] for r in mine):
         return f"{sum(bool(r['pairs_099']) for r in mine)} of {len(mine)} runs reached it | -"
-    runs = sorted(mine, key=lambda r: r["pairs_099"] or r["pairs"])
+    runs = sorted(mine, key=lambda r: (r["pairs_099"] or r["pairs"], r["censored"]))  # a capped run
+    # took more than its pairs, so it sorts after one that stopped at the same count
     middle = runs[(len(runs) - 1) // 2: len(runs) // 2 + 1]
     measured = float(np.median([r["pairs_099"] or r["pairs"] for r in middle]))
     bound = "> " if any(r["censored"] for r in middle) else ""
