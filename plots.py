@@ -316,10 +316,11 @@ def plot_cost(results_dir):
     with open(os.path.join(results_dir, "cost.csv")) as f:
         rows = list(csv.DictReader(f))
     fit_path = os.path.join(results_dir, "cost.json")
-    fit = json.load(open(fit_path))["pairs_099"] if os.path.exists(fit_path) else None
-    markers = dict(zip(sorted({int(r["n"]) for r in rows}), "osD^v<>"))
+    saved = json.load(open(fit_path)) if os.path.exists(fit_path) else {}
+    fit, domain = saved.get("pairs_099"), saved.get("domain")
+    markers = dict(zip(sorted({int(r["n"]) for r in rows}), "osD^v<>ph*P"))
     colors = dict(zip(markers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.5, 5), layout="constrained")
     for r in rows:
         n, info = int(r["n"]), float(r["info"])
         censored = r["censored"] == "True" or r.get("finished") == "False"  # a lower bound
@@ -336,17 +337,22 @@ def plot_cost(results_dir):
     grid = np.geomspace(infos.min() / 1.3, infos.max() * 1.3, 50)
     for n in markers:
         if fit:
-            # the law c N^a I^(-b) of results/cost.md (bench/recovery_cost.py, law_pairs)
-            ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1)
+            # the law c N^a I^(-b) of results/cost.md (bench/recovery_cost.py, law_pairs):
+            # solid over the I its domain of kappa gives at this N, dotted outside it
+            ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1, ls=":")
+            if domain and domain["n"][0] <= n <= domain["n"][1]:
+                inside = np.geomspace(*(-C.theorem1_limit(n, k) for k in domain["kappa"]), 20)
+                ax.plot(inside, fit["c"] * n ** fit["a"] * inside ** -fit["b"], color=colors[n], lw=1.2)
         ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
     ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")
     ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="not in the fit")
     ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
     ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",
            ylabel="positive pairs to held-out R² >= 0.99",
-           title="the cost of recovery" + (f": c N^{fit['a']:.2f} I^-{fit['b']:.2f}" if fit else ""))
+           title="the cost of recovery" + (f": c N^{fit['a']:.2f} I^-{fit['b']:.2f}" if fit else "")
+           + (f", solid for kappa {domain['kappa'][0]:g}-{domain['kappa'][1]:g}" if fit and domain else ""))
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save(fig, os.path.join(results_dir, "cost.png"))
 
 
