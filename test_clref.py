@@ -1484,6 +1484,8 @@ def test_cost_law_is_fitted_inside_its_domain_and_registered_once(tmp_path, caps
     fit = cost.fit_records(records + outside, "pairs_099")
     assert (fit["c"], fit["a"], fit["b"], fit["runs"]) == pytest.approx((1e3, 3.0, 0.8, 5), rel=1e-9)
     assert not cost.in_domain(2, 10.0) and not cost.in_domain(10, 0.5) and cost.in_domain(20, 20.0)
+    floor, study = cost.run_config("tau-floor", 10, 100.0, 0), cost.run_config("study", 10, 100.0, 0)
+    assert (floor.tau, floor.steps, study.tau, study.steps) == (0.05, 100_000, 0.01, cost.BASE.steps)
     train.write_json(str(tmp_path / "cost.json"), {"pairs_099": fit, "pairs_jump": fit,
                                                    "pairs_per_second": 1e5})
     cost.register(str(tmp_path), "held-out-2")

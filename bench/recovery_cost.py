@@ -1,7 +1,7 @@
 """How many positive pairs recovery costs on the sphere, and a law that predicts it
 (results/cost.md).
 
-python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|held-out-2|all]
+python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|held-out-2|tau-floor|all]
                               [--jobs 2] [--threads T]
     trains every (N, kappa, seed) of the set that has not finished, then writes
     results/cost.csv, results/cost.md, results/cost.json (the fit) and
@@ -67,8 +67,11 @@ DOMAIN_N, DOMAIN_KAPPA = (3, 20), (1.0, 20.0)
 # a second registration, inside the domain and after it was drawn: N and kappa
 # between and beside the study's, one below its smallest N = 10 kappa
 HELD_OUT_2 = [(12, 3.0), (15, 15.0), (8, 1.5), (4, 5.0)]
+# the two worst large-kappa points again with tau held at 0.05 (kappa 20's) instead of
+# 1/kappa: is their cost the sharp temperature's, or the concentrated pairs'?
+TAU_FLOOR, TAU_FLOOR_POINTS = 0.05, [(20, 50.0), (10, 100.0)]
 SETS = {"study": STUDY, "held-out": HELD_OUT, "plain": PLAIN, "large-kappa": LARGE_KAPPA,
-        "held-out-2": HELD_OUT_2}
+        "held-out-2": HELD_OUT_2, "tau-floor": TAU_FLOOR_POINTS}
 # the sets whose points were predicted, and committed, before they were run
 REGISTERED = {"held-out": "cost-predictions.json", "held-out-2": "cost-predictions-2.json"}
 SEEDS = (0, 1, 2)
@@ -90,12 +93,14 @@ def in_domain(n, kappa):
 
 
 def run_config(set_name, n, kappa, seed, base=BASE):
-    """The configuration of one run: the base recipe at (N, kappa), tau = 1/kappa
-    (the learning rate's time scale is its own, so a lower cap changes nothing before it)."""
-    return base.replace(n=n, kappa=float(kappa), tau=1.0 / kappa, seed=seed,
+    """The configuration of one run: the base recipe at (N, kappa), tau = 1/kappa (the
+    tau-floor set: at least TAU_FLOOR); the learning rate's time scale is its own, so
+    a lower cap changes nothing before it."""
+    capped = set_name in ("large-kappa", "tau-floor")
+    return base.replace(n=n, kappa=float(kappa), seed=seed,
+                        tau=max(1.0 / kappa, TAU_FLOOR) if set_name == "tau-floor" else 1.0 / kappa,
                         whiten=base.whiten and set_name != "plain",
-                        steps=min(base.steps, LARGE_KAPPA_STEPS) if set_name == "large-kappa"
-                        else base.steps)
+                        steps=min(base.steps, LARGE_KAPPA_STEPS) if capped else base.steps)
 
 
 def run_dir(out_root, set_name, n, kappa, seed):
@@ -237,7 +242,7 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
              f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
              f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
-             "whitening. Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
+             f"whitening; tau-floor: tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
              "to be continued (its R² is held-out R² at its last evaluation). Law: the fit below, "
              "evaluated at the run's N and I. Fitted: the study's runs inside the law's domain, "
              f"N {DOMAIN_N[0]}-{DOMAIN_N[1]} and kappa {DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g} "
@@ -298,19 +303,23 @@ def measured_cells(records, set_name, n, kappa, predicted):
 
 
 def large_kappa_lines(records, fit):
-    """The registered law against the large-kappa set and the study's largest kappa."""
-    points = [(20, 50.0)] + LARGE_KAPPA
-    rows = [f"| {n} | {kappa:g} | {millions(law_pairs(fit, n, pair_information(n, kappa)))} | "
-            + measured_cells(records, "study" if (n, kappa) in STUDY else "large-kappa", n, kappa,
-                             law_pairs(fit, n, pair_information(n, kappa))) + " |"
-            for n, kappa in points
-            if any(r["n"] == n and r["kappa"] == kappa for r in records)]
+    """The registered law against the large-kappa set, the study's largest kappa and
+    the tau-floor set."""
+    points = [("study", 20, 50.0)] + [("large-kappa", n, k) for n, k in LARGE_KAPPA] + \
+             [("tau-floor", n, k) for n, k in TAU_FLOOR_POINTS]
+    rows = []
+    for set_name, n, kappa in points:
+        if any(r["set"] == set_name and r["n"] == n and r["kappa"] == kappa for r in records):
+            law = law_pairs(fit, n, pair_information(n, kappa))
+            tau = max(1 / kappa, TAU_FLOOR) if set_name == "tau-floor" else 1 / kappa
+            rows.append(f"| {set_name} | {n} | {kappa:g} | {tau:g} | {millions(law)} | "
+                        f"{measured_cells(records, set_name, n, kappa, law)} |")
     if not rows:
         return []
-    return ["", "## Large kappa (the registered law; `--set large-kappa` is capped at "
+    return ["", "## Large kappa (the registered law; `--set large-kappa` and `tau-floor` are capped at "
             f"{LARGE_KAPPA_STEPS * BASE.batch_size / 1e6:.0f} M pairs)", "",
-            "| N | kappa | registered law M pairs | measured (median of seeds) | measured / law |",
-            "|---|---|---|---|---|", *rows]
+            "| set | N | kappa | tau | registered law M pairs | measured (median of seeds) | measured / law |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def plain_lines(records):
