@@ -303,9 +303,10 @@ def measured_cells(records, set_name, n, kappa, predicted):
 
 
 def large_kappa_lines(records, fit):
-    """The registered law against the large-kappa set, the study's largest kappa and
-    the tau-floor set."""
-    points = [("study", 20, 50.0)] + [("large-kappa", n, k) for n, k in LARGE_KAPPA] + \
+    """The registered law against the large-kappa set, the study's two largest kappa
+    (20 is the domain's edge) and the tau-floor set."""
+    points = [("study", 10, 20.0), ("study", 20, 20.0), ("study", 20, 50.0)] + \
+             [("large-kappa", n, k) for n, k in LARGE_KAPPA] + \
              [("tau-floor", n, k) for n, k in TAU_FLOOR_POINTS]
     rows = []
     for set_name, n, kappa in points:
@@ -405,7 +406,8 @@ def predict(results_dir, n, kappa):
     if not in_domain(n, kappa):
         print(f"  outside the law's domain (N {DOMAIN_N[0]}-{DOMAIN_N[1]}, kappa "
               f"{DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g}), an extrapolation; beyond kappa 20 "
-              "the law predicts too few pairs (results/cost.md, Large kappa)")
+              "with tau = 1/kappa the law predicts too few pairs, and with tau held at "
+              f"{TAU_FLOOR:g} the cost stayed near kappa 20's (results/cost.md, Large kappa)")
     for key, label in (("pairs_jump", f"to the jump (R² {JUMP_R2})"), ("pairs_099", "to R² 0.99")):
         pairs, spread = law_pairs(fits[key], n, info), math.exp(fits[key]["scatter"])
         print(f"  {label}: {pairs / 1e6:.3g} M pairs (runs scatter ×{spread:.2f} around the law), "
