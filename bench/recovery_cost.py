@@ -354,7 +354,7 @@ def write_reports(jobs, results_dir, command, base, out_root):
             print(f"no law for {key} yet: {error}")
     if fits:
         train.write_json(os.path.join(results_dir, "cost.json"),
-                         {**fits, "domain": {"n": list(DOMAIN_N), "kappa": list(DOMAIN_KAPPA)},
+                         {**fits, "domain": {"n": list(DOMAIN_N), "kappa": list(DOMAIN_KAPPA)}, "tau_floor": TAU_FLOOR,
                           "pairs_per_second": float(np.median(
                              [r["pairs_per_second"] for r in records if r["set"] == "study" and r["finished"]]))})
     predictions = read_predictions(results_dir)
