@@ -1498,7 +1498,8 @@ def test_cost_law_is_fitted_inside_its_domain_and_registered_once(tmp_path, caps
     assert set(cost.read_predictions(str(tmp_path))) == {"held-out-2"}
     capsys.readouterr()
     cost.predict(str(tmp_path), 20, 50.0)
-    assert "outside the law's domain" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "outside the law's domain" in said and "with tau held at 0.05" in said, said
     cost.predict(str(tmp_path), 10, 3.0)
     assert "outside" not in capsys.readouterr().out
 
