@@ -832,22 +832,29 @@ def _baseline_job(cfg, run_dir, resume):
     return result
 
 
-def _run_job(preset, cfg, run_dir, draw, resume):
-    """One run of the grid. With resume, a finished run of the same configuration
-    is read back and an interrupted one continues from its checkpoint; a run
-    directory written for another configuration is started afresh. A run whose
-    loss became non-finite is reported as not met instead of stopping the grid.
-    With draw, the figures of a run that missed its bar go into its directory
-    (`python plots.py DIR` draws those of any run)."""
+def run_quietly(cfg, run_dir, preset, resume):
+    """(metrics, read_back) of one run in a pool worker, printing nothing per step.
+    With resume, a finished run of the same configuration is read back
+    (read_back True) and an interrupted one continues from its checkpoint; a run
+    directory written for another configuration is started afresh. Raises as `run`."""
     done = finished_metrics(run_dir, cfg) if resume else None
     if done is not None:
-        print(f"{preset} seed {cfg.seed}: already finished", flush=True)
-        return done
+        return done, True
     os.makedirs(run_dir, exist_ok=True)
     can_resume = resume and same_config(run_dir, cfg) and os.path.exists(os.path.join(run_dir, CHECKPOINT))
+    return run(cfg, run_dir, preset, resume=can_resume, say=lambda line: None, baseline=False), False
+
+
+def _run_job(preset, cfg, run_dir, draw, resume):
+    """One run of the grid (`run_quietly`). A run whose loss became non-finite is
+    reported as not met instead of stopping the grid. With draw, the figures of a
+    run that missed its bar go into its directory (`python plots.py DIR` draws
+    those of any run)."""
     try:
-        metrics = run(cfg, run_dir, preset, resume=can_resume, say=lambda line: None,
-                      baseline=False)
+        metrics, read_back = run_quietly(cfg, run_dir, preset, resume)
+        if read_back:
+            print(f"{preset} seed {cfg.seed}: already finished", flush=True)
+            return metrics
     except NonFiniteLoss as error:
         print(f"{preset} seed {cfg.seed}: {error}", flush=True)
         return {"preset": preset, "seed": cfg.seed, "steps": cfg.steps, "seconds": float("nan"),

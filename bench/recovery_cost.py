@@ -125,13 +125,11 @@ def study_job(job):
     name, n, kappa, cfg, path = job
     if train.stop_requested():
         return {"status": "skipped"}
-    if train.finished_metrics(path, cfg) is not None:
-        print(f"{os.path.basename(path)}: already finished", flush=True)
-        return {"status": "finished"}
-    os.makedirs(path, exist_ok=True)
-    resume = train.same_config(path, cfg) and os.path.exists(os.path.join(path, train.CHECKPOINT))
     try:
-        metrics = train.run(cfg, path, None, resume=resume, say=lambda line: None, baseline=False)
+        metrics, read_back = train.run_quietly(cfg, path, None, resume=True)
+        if read_back:
+            print(f"{os.path.basename(path)}: already finished", flush=True)
+            return {"status": "finished"}
     except train.Interrupted:
         return {"status": "interrupted"}
     except train.NonFiniteLoss as error:
