@@ -312,7 +312,7 @@ def plot_cost(results_dir):
     pairs to R² >= 0.99 against the information a pair carries, log-log, one marker
     per N; the fitted law as a line per N; a censored or paused run as an open marker
     at its pairs so far; runs the fit left out (held out, or outside the law's domain)
-    ringed, the plain recipe as crosses, the tau-floor set as plus signs."""
+    ringed, the plain recipe as crosses, the tau-floor sets as plus signs."""
     with open(os.path.join(results_dir, "cost.csv")) as f:
         rows = list(csv.DictReader(f))
     fit_path = os.path.join(results_dir, "cost.json")
@@ -328,7 +328,7 @@ def plot_cost(results_dir):
         style = dict(marker=markers[n], color=colors[n], ms=7, ls="none")
         if r["set"] == "plain":
             style.update(marker="x")
-        elif r["set"] == "tau-floor":
+        elif r["set"].startswith("tau-floor"):
             style.update(marker="+", ms=10, mew=1.5)
         elif censored:
             style.update(mfc="none")
@@ -349,7 +349,7 @@ def plot_cost(results_dir):
     ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")
     ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="not in the fit")
     ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
-    if any(r["set"] == "tau-floor" for r in rows):
+    if any(r["set"].startswith("tau-floor") for r in rows):
         ax.plot([], [], marker="+", ms=10, mew=1.5, color="gray", ls="none", label=f"tau held at {saved.get('tau_floor', 'a floor')}")
     ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",
            ylabel="positive pairs to held-out R² >= 0.99",

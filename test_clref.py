@@ -1495,7 +1495,11 @@ def test_cost_law_is_fitted_inside_its_domain_and_registered_once(tmp_path, caps
         cost.law_pairs(law, 12, cost.pair_information(12, 3.0)), rel=1e-9)
     with pytest.raises(SystemExit, match="registered once"):
         cost.register(str(tmp_path), "held-out-2")
-    assert set(cost.read_predictions(str(tmp_path))) == {"held-out-2"}
+    cost.register(str(tmp_path), "tau-floor-2")
+    floored = train.read_json(str(tmp_path / "cost-predictions-3.json"))["points"]
+    assert [p["pairs_099"] for p in floored] == pytest.approx(
+        [cost.law_pairs(law, n, cost.pair_information(n, 20.0)) for n, _ in cost.TAU_FLOOR_2], rel=1e-9)
+    assert set(cost.read_predictions(str(tmp_path))) == {"held-out-2", "tau-floor-2"}
     capsys.readouterr()
     cost.predict(str(tmp_path), 20, 50.0)
     said = capsys.readouterr().out

@@ -1,7 +1,8 @@
 """How many positive pairs recovery costs on the sphere, and a law that predicts it
 (results/cost.md).
 
-python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|held-out-2|tau-floor|all]
+python bench/recovery_cost.py [--set study|held-out|plain|large-kappa|held-out-2|tau-floor|
+                               tau-floor-2|all]
                               [--jobs 2] [--threads T]
     trains every (N, kappa, seed) of the set that has not finished, then writes
     results/cost.csv, results/cost.md, results/cost.json (the fit) and
@@ -70,10 +71,15 @@ HELD_OUT_2 = [(12, 3.0), (15, 15.0), (8, 1.5), (4, 5.0)]
 # the two worst large-kappa points again with tau held at 0.05 (kappa 20's) instead of
 # 1/kappa: is their cost the sharp temperature's, or the concentrated pairs'?
 TAU_FLOOR, TAU_FLOOR_POINTS = 0.05, [(20, 50.0), (10, 100.0)]
+# those two cost about what kappa 20 costs at their N; registered as a prediction
+# (the law at kappa 20's I) for three more points before they are run
+TAU_FLOOR_2 = [(15, 50.0), (5, 100.0), (20, 100.0)]
+FLOORED = ("tau-floor", "tau-floor-2")
 SETS = {"study": STUDY, "held-out": HELD_OUT, "plain": PLAIN, "large-kappa": LARGE_KAPPA,
-        "held-out-2": HELD_OUT_2, "tau-floor": TAU_FLOOR_POINTS}
+        "held-out-2": HELD_OUT_2, "tau-floor": TAU_FLOOR_POINTS, "tau-floor-2": TAU_FLOOR_2}
 # the sets whose points were predicted, and committed, before they were run
-REGISTERED = {"held-out": "cost-predictions.json", "held-out-2": "cost-predictions-2.json"}
+REGISTERED = {"held-out": "cost-predictions.json", "held-out-2": "cost-predictions-2.json",
+              "tau-floor-2": "cost-predictions-3.json"}
 SEEDS = (0, 1, 2)
 JUMP_R2, TARGET_R2, EVAL_GROWTH = 0.95, 0.99, 0.02
 BASE = train.PRESETS["sphere_vmf"].config.replace(stop_r2=TARGET_R2, eval_growth=EVAL_GROWTH,
@@ -94,11 +100,11 @@ def in_domain(n, kappa):
 
 def run_config(set_name, n, kappa, seed, base=BASE):
     """The configuration of one run: the base recipe at (N, kappa), tau = 1/kappa (the
-    tau-floor set: at least TAU_FLOOR); the learning rate's time scale is its own, so
+    tau-floor sets: at least TAU_FLOOR); the learning rate's time scale is its own, so
     a lower cap changes nothing before it."""
-    capped = set_name in ("large-kappa", "tau-floor")
+    capped = set_name in ("large-kappa", *FLOORED)
     return base.replace(n=n, kappa=float(kappa), seed=seed,
-                        tau=max(1.0 / kappa, TAU_FLOOR) if set_name == "tau-floor" else 1.0 / kappa,
+                        tau=max(1.0 / kappa, TAU_FLOOR) if set_name in FLOORED else 1.0 / kappa,
                         whiten=base.whiten and set_name != "plain",
                         steps=min(base.steps, LARGE_KAPPA_STEPS) if capped else base.steps)
 
@@ -240,7 +246,7 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
              f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
              f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
-             f"whitening; tau-floor: tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
+             f"whitening; tau-floor(-2): tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
              "to be continued (its R² is held-out R² at its last evaluation). Law: the fit below, "
              "evaluated at the run's N and I. Fitted: the study's runs inside the law's domain, "
              f"N {DOMAIN_N[0]}-{DOMAIN_N[1]} and kappa {DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g} "
@@ -270,7 +276,8 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
         commit = saved.get("commit") or "not yet committed"
         lines += ["", f"## Held-out predictions: {set_name} (registered in results/"
                   f"{REGISTERED[set_name]}, commit {commit}, from the fit of {saved['fit']['runs']} runs)", "",
-                  f"Registered law for R² >= 0.99: pairs = c N^a I^(-b), {describe_fit(saved['fit'])}.", "",
+                  f"Registered law for R² >= 0.99: pairs = c N^a I^(-b), {describe_fit(saved['fit'])}. "
+                  f"Predicted: {saved.get('rule', POINT_RULE)}.", "",
                   "| N | kappa | predicted M pairs to 0.99 | measured (median of seeds) | "
                   "measured / predicted |", "|---|---|---|---|---|"]
         for p in saved["points"]:
@@ -305,17 +312,18 @@ def large_kappa_lines(records, fit):
     (20 is the domain's edge) and the tau-floor set."""
     points = [("study", 10, 20.0), ("study", 20, 20.0), ("study", 20, 50.0)] + \
              [("large-kappa", n, k) for n, k in LARGE_KAPPA] + \
-             [("tau-floor", n, k) for n, k in TAU_FLOOR_POINTS]
+             [("tau-floor", n, k) for n, k in TAU_FLOOR_POINTS] + \
+             [("tau-floor-2", n, k) for n, k in TAU_FLOOR_2]
     rows = []
     for set_name, n, kappa in points:
         if any(r["set"] == set_name and r["n"] == n and r["kappa"] == kappa for r in records):
             law = law_pairs(fit, n, pair_information(n, kappa))
-            tau = max(1 / kappa, TAU_FLOOR) if set_name == "tau-floor" else 1 / kappa
+            tau = max(1 / kappa, TAU_FLOOR) if set_name in FLOORED else 1 / kappa
             rows.append(f"| {set_name} | {n} | {kappa:g} | {tau:g} | {millions(law)} | "
                         f"{measured_cells(records, set_name, n, kappa, law)} |")
     if not rows:
         return []
-    return ["", "## Large kappa (the registered law; `--set large-kappa` and `tau-floor` are capped at "
+    return ["", "## Large kappa (the registered law; `--set large-kappa` and the tau-floor sets are capped at "
             f"{LARGE_KAPPA_STEPS * BASE.batch_size / 1e6:.0f} M pairs)", "",
             "| set | N | kappa | tau | registered law M pairs | measured (median of seeds) | measured / law |",
             "|---|---|---|---|---|---|---|", *rows]
@@ -377,6 +385,9 @@ def read_predictions(results_dir):
     return found
 
 
+POINT_RULE = "the law at the point's I"
+
+
 def register(results_dir, set_name):
     path = os.path.join(results_dir, REGISTERED[set_name])
     if os.path.exists(path):
@@ -384,11 +395,15 @@ def register(results_dir, set_name):
     fits = train.read_json(os.path.join(results_dir, "cost.json"))
     if fits is None:
         raise SystemExit(f"no fit in {results_dir}/cost.json: run the study first")
+    # a tau-floor set is predicted to cost what kappa 20 (tau = TAU_FLOOR) costs at its N
+    law_kappa = (lambda kappa: min(kappa, 1 / TAU_FLOOR)) if set_name in FLOORED else (lambda kappa: kappa)
+    rule = (f"the law at kappa {1 / TAU_FLOOR:g}'s I (tau held at {TAU_FLOOR:g})" if set_name in FLOORED
+            else POINT_RULE)
     points = [{"n": n, "kappa": kappa, "info": pair_information(n, kappa),
-               "pairs_099": law_pairs(fits["pairs_099"], n, pair_information(n, kappa)),
-               "pairs_jump": law_pairs(fits["pairs_jump"], n, pair_information(n, kappa))}
+               "pairs_099": law_pairs(fits["pairs_099"], n, pair_information(n, law_kappa(kappa))),
+               "pairs_jump": law_pairs(fits["pairs_jump"], n, pair_information(n, law_kappa(kappa)))}
               for n, kappa in SETS[set_name]]
-    train.write_json(path, {"fit": fits["pairs_099"], "fit_jump": fits["pairs_jump"],
+    train.write_json(path, {"fit": fits["pairs_099"], "fit_jump": fits["pairs_jump"], "rule": rule,
                             "points": points})
     for p in points:
         print(f"N = {p['n']}, kappa = {p['kappa']:g}: {p['pairs_099'] / 1e6:.1f} M pairs to R² 0.99")
@@ -411,11 +426,11 @@ def predict(results_dir, n, kappa):
               f"about {pairs / fits['pairs_per_second'] / 60:.1f} min of one core")
     edge = 1 / TAU_FLOOR                   # kappa 20, the domain's edge
     if kappa > edge and DOMAIN_N[0] <= n <= DOMAIN_N[1]:
-        # what the tau-floor set saw at two points: past kappa 20, tau held at 1/20 costs
-        # about what kappa 20 does at the same N
+        # the tau-floor sets: past kappa 20, tau held at 1/20 costs about what kappa 20
+        # does at the same N (results/cost.md, Large kappa and tau-floor-2)
         pairs = law_pairs(fits["pairs_099"], n, pair_information(n, edge))
         print(f"  with tau held at {TAU_FLOOR:g} instead: about kappa {edge:g}'s {pairs / 1e6:.3g} M "
-              "pairs to R² 0.99 (seen at two points, not a fitted law)")
+              "pairs to R² 0.99 (results/cost.md, tau-floor-2)")
 
 
 def check_point(n, kappa):
