@@ -84,8 +84,8 @@ SEEDS = (0, 1, 2)
 JUMP_R2, TARGET_R2, EVAL_GROWTH = 0.95, 0.99, 0.02
 BASE = train.PRESETS["sphere_vmf"].config.replace(stop_r2=TARGET_R2, eval_growth=EVAL_GROWTH,
                                                   supervised_steps=0)
-COLUMNS = ["set", "n", "kappa", "info", "seed", "fitted", "pairs_jump", "pairs_099", "censored", "finished", "r2",
-           "steps", "pairs", "seconds", "pairs_per_second"]
+COLUMNS = ["set", "n", "kappa", "info", "seed", "fitted", "pairs_jump", "pairs_099", "censored", "finished",
+           "r2", "steps", "pairs", "seconds", "pairs_per_second"]
 
 
 def pair_information(n, kappa):
@@ -170,7 +170,8 @@ def run_record(job):
     steps = int(metrics["steps"] if finished else log[-1]["step"])
     seconds = metrics["seconds"] if finished else log[-1]["seconds"]
     return {"set": name, "n": n, "kappa": kappa, "info": pair_information(n, kappa),
-            "seed": cfg.seed, "fitted": name == "study" and in_domain(n, kappa), "pairs_jump": jump, "pairs_099": steps * pairs if reached else None,
+            "seed": cfg.seed, "fitted": name == "study" and in_domain(n, kappa), "pairs_jump": jump,
+            "pairs_099": steps * pairs if reached else None,
             "censored": finished and not reached, "finished": finished,
             "r2": metrics["r2"] if finished else log[-1]["r2"], "steps": steps,
             "pairs": steps * pairs, "seconds": seconds, "pairs_per_second": steps * pairs / seconds}
@@ -246,9 +247,9 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
              f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
              f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
-             f"whitening; tau-floor(-2): tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; censored: the cap came first; paused: stopped by SIGTERM, "
-             "to be continued (its R² is held-out R² at its last evaluation). Law: the fit below, "
-             "evaluated at the run's N and I. Fitted: the study's runs inside the law's domain, "
+             f"whitening; tau-floor(-2): tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; "
+             "censored: the cap came first; paused: stopped by SIGTERM, to be continued (its R² is "
+             "held-out R² at its last evaluation). Law: the fit below, evaluated at the run's N and I. Fitted: the study's runs inside the law's domain, "
              f"N {DOMAIN_N[0]}-{DOMAIN_N[1]} and kappa {DOMAIN_KAPPA[0]:g}-{DOMAIN_KAPPA[1]:g} "
              "(beyond kappa 20 the law predicts too few pairs: see Large kappa).", ""]
     for key, label in (("pairs_099", "R² >= 0.99"), ("pairs_jump", f"the jump (R² >= {JUMP_R2})")):
@@ -311,20 +312,18 @@ def large_kappa_lines(records, fit):
     """The registered law against the large-kappa set, the study's two largest kappa
     (20 is the domain's edge) and the tau-floor set."""
     points = [("study", 10, 20.0), ("study", 20, 20.0), ("study", 20, 50.0)] + \
-             [("large-kappa", n, k) for n, k in LARGE_KAPPA] + \
-             [("tau-floor", n, k) for n, k in TAU_FLOOR_POINTS] + \
-             [("tau-floor-2", n, k) for n, k in TAU_FLOOR_2]
+             [(name, n, k) for name in ("large-kappa", *FLOORED) for n, k in SETS[name]]
     rows = []
     for set_name, n, kappa in points:
         if any(r["set"] == set_name and r["n"] == n and r["kappa"] == kappa for r in records):
             law = law_pairs(fit, n, pair_information(n, kappa))
-            tau = max(1 / kappa, TAU_FLOOR) if set_name in FLOORED else 1 / kappa
-            rows.append(f"| {set_name} | {n} | {kappa:g} | {tau:g} | {millions(law)} | "
+            rows.append(f"| {set_name} | {n} | {kappa:g} | {run_config(set_name, n, kappa, 0).tau:g} | "
+                        f"{millions(law)} | "
                         f"{measured_cells(records, set_name, n, kappa, law)} |")
     if not rows:
         return []
-    return ["", "## Large kappa (the registered law; `--set large-kappa` and the tau-floor sets are capped at "
-            f"{LARGE_KAPPA_STEPS * BASE.batch_size / 1e6:.0f} M pairs)", "",
+    return ["", "## Large kappa (the registered law; `--set large-kappa` and the tau-floor sets are "
+            f"capped at {LARGE_KAPPA_STEPS * BASE.batch_size / 1e6:.0f} M pairs)", "",
             "| set | N | kappa | tau | registered law M pairs | measured (median of seeds) | measured / law |",
             "|---|---|---|---|---|---|---|", *rows]
 
@@ -359,17 +358,17 @@ def write_reports(jobs, results_dir, command, base, out_root):
         except ValueError as error:
             print(f"no law for {key} yet: {error}")
     if fits:
+        speed = [r["pairs_per_second"] for r in records if r["set"] == "study" and r["finished"]]
         train.write_json(os.path.join(results_dir, "cost.json"),
-                         {**fits, "domain": {"n": list(DOMAIN_N), "kappa": list(DOMAIN_KAPPA)}, "tau_floor": TAU_FLOOR,
-                          "pairs_per_second": float(np.median(
-                             [r["pairs_per_second"] for r in records if r["set"] == "study" and r["finished"]]))})
+                         {**fits, "domain": {"n": list(DOMAIN_N), "kappa": list(DOMAIN_KAPPA)},
+                          "tau_floor": TAU_FLOOR, "pairs_per_second": float(np.median(speed))})
     predictions = read_predictions(results_dir)
     train.write_text(os.path.join(results_dir, "cost.md"),
                      cost_markdown(records, fits, predictions, command, base, out_root))
     import plots
     plots.plot_cost(results_dir)
-    print(f"{sum(r['finished'] for r in records)} of the {len(jobs)} runs of every set have finished; wrote {results_dir}/cost.csv, cost.md, "
-          "cost.png" + (", cost.json" if fits else ""))
+    print(f"{sum(r['finished'] for r in records)} of the {len(jobs)} runs of every set have finished; "
+          f"wrote {results_dir}/cost.csv, cost.md, cost.png" + (", cost.json" if fits else ""))
     return records
 
 
@@ -396,13 +395,14 @@ def register(results_dir, set_name):
     if fits is None:
         raise SystemExit(f"no fit in {results_dir}/cost.json: run the study first")
     # a tau-floor set is predicted to cost what kappa 20 (tau = TAU_FLOOR) costs at its N
-    law_kappa = (lambda kappa: min(kappa, 1 / TAU_FLOOR)) if set_name in FLOORED else (lambda kappa: kappa)
-    rule = (f"the law at kappa {1 / TAU_FLOOR:g}'s I (tau held at {TAU_FLOOR:g})" if set_name in FLOORED
-            else POINT_RULE)
-    points = [{"n": n, "kappa": kappa, "info": pair_information(n, kappa),
-               "pairs_099": law_pairs(fits["pairs_099"], n, pair_information(n, law_kappa(kappa))),
-               "pairs_jump": law_pairs(fits["pairs_jump"], n, pair_information(n, law_kappa(kappa)))}
-              for n, kappa in SETS[set_name]]
+    floored = set_name in FLOORED
+    rule = f"the law at kappa {1 / TAU_FLOOR:g}'s I (tau held at {TAU_FLOOR:g})" if floored else POINT_RULE
+    points = []
+    for n, kappa in SETS[set_name]:
+        info = pair_information(n, min(kappa, 1 / TAU_FLOOR) if floored else kappa)
+        points.append({"n": n, "kappa": kappa, "info": pair_information(n, kappa),
+                       "pairs_099": law_pairs(fits["pairs_099"], n, info),
+                       "pairs_jump": law_pairs(fits["pairs_jump"], n, info)})
     train.write_json(path, {"fit": fits["pairs_099"], "fit_jump": fits["pairs_jump"], "rule": rule,
                             "points": points})
     for p in points:
@@ -427,11 +427,10 @@ def predict(results_dir, n, kappa):
     edge = 1 / TAU_FLOOR                   # kappa 20, the domain's edge
     if kappa > edge and DOMAIN_N[0] <= n <= DOMAIN_N[1]:
         # the tau-floor sets: past kappa 20, tau held at 1/20 costs roughly what kappa 20
-        # does at the same N (0.58-2.65x that at tau-floor-2's registered points)
+        # does at the same N; tau-floor-2's registered predictions say how roughly
         pairs = law_pairs(fits["pairs_099"], n, pair_information(n, edge))
         print(f"  with tau held at {TAU_FLOOR:g} instead, kappa {edge:g}'s {pairs / 1e6:.3g} M pairs "
-              "to R² 0.99 is a rough guide only: registered at three points it was off by up to "
-              "x2.7 (results/cost.md, tau-floor-2)")
+              "to R² 0.99 is a rough guide only (how rough: results/cost.md, tau-floor-2)")
 
 
 def check_point(n, kappa):
