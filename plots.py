@@ -312,7 +312,7 @@ def plot_cost(results_dir):
     pairs to R² >= 0.99 against the information a pair carries, log-log, one marker
     per N; the fitted law as a line per N; a censored or paused run as an open marker
     at its pairs so far; runs the fit left out (held out, or outside the law's domain)
-    ringed, the plain recipe as crosses, the tau-floor sets as plus signs."""
+    ringed, the plain recipe as crosses, the tau-floor sets as filled plus signs."""
     with open(os.path.join(results_dir, "cost.csv")) as f:
         rows = list(csv.DictReader(f))
     fit_path = os.path.join(results_dir, "cost.json")
@@ -329,10 +329,10 @@ def plot_cost(results_dir):
         if r["set"] == "plain":
             style.update(marker="x")
         elif r["set"].startswith("tau-floor"):
-            style.update(marker="+", ms=10, mew=1.5)
-        elif censored:
+            style.update(marker="P", ms=8)
+        if censored:
             style.update(mfc="none")
-        elif r.get("fitted", "True") != "True":       # held out, or outside the law's domain
+        elif r["set"] != "plain" and r.get("fitted", "True") != "True":  # held out, or outside the domain
             style.update(mec="black", mew=1.5)
         ax.plot(info, pairs, **style)
     infos = np.array([float(r["info"]) for r in rows]) if rows else np.array([0.05, 10])
@@ -341,16 +341,20 @@ def plot_cost(results_dir):
         if fit:
             # the law c N^a I^(-b) of results/cost.md (bench/recovery_cost.py, law_pairs):
             # solid over the I its domain of kappa gives at this N, dotted outside it
-            ax.plot(grid, fit["c"] * n ** fit["a"] * grid ** -fit["b"], color=colors[n], lw=1, ls=":")
+            def law(info):
+                return fit["c"] * n ** fit["a"] * info ** -fit["b"]
+            ax.plot(grid, law(grid), color=colors[n], lw=1, ls=":")
             if domain and domain["n"][0] <= n <= domain["n"][1]:
+                # I(z; z_tilde) = minus Theorem 1's limit (README §5)
                 inside = np.geomspace(*(-C.theorem1_limit(n, k) for k in domain["kappa"]), 20)
-                ax.plot(inside, fit["c"] * n ** fit["a"] * inside ** -fit["b"], color=colors[n], lw=1.2)
+                ax.plot(inside, law(inside), color=colors[n], lw=1.2)
         ax.plot([], [], marker=markers[n], color=colors[n], ls="-", label=f"N = {n}")
     ax.plot([], [], marker="o", mfc="none", color="gray", ls="none", label="lower bound (cap, or paused)")
     ax.plot([], [], marker="o", mec="black", mew=1.5, color="gray", ls="none", label="not in the fit")
     ax.plot([], [], marker="x", color="gray", ls="none", label="plain recipe")
     if any(r["set"].startswith("tau-floor") for r in rows):
-        ax.plot([], [], marker="+", ms=10, mew=1.5, color="gray", ls="none", label=f"tau held at {saved.get('tau_floor', 'a floor')}")
+        ax.plot([], [], marker="P", ms=8, color="gray", ls="none",
+                label=f"tau held at {saved.get('tau_floor', 'a floor')}")
     ax.set(xscale="log", yscale="log", xlabel="I(z; z_tilde), nats a pair",
            ylabel="positive pairs to held-out R² >= 0.99",
            title="the cost of recovery" + (f": c N^{fit['a']:.2f} I^-{fit['b']:.2f}" if fit else "")
