@@ -1508,6 +1508,25 @@ def test_cost_law_is_fitted_inside_its_domain_and_registered_once(tmp_path, caps
     assert "outside" not in capsys.readouterr().out
 
 
+def test_cost_other_forms_fit_the_law_and_score_its_held_out_points():
+    """Runs that follow c N^a I^(-b) exactly: every form (each contains the law) fits
+    them with no scatter and predicts the held-out points exactly."""
+    cost = load_recovery_cost()
+    law = dict(c=1e3, a=3.0, b=0.8)
+
+    def run(set_name, n, kappa):
+        info = cost.pair_information(n, kappa)
+        return {"set": set_name, "n": n, "kappa": kappa, "info": info, "finished": True,
+                "fitted": set_name == "study", "pairs_099": cost.law_pairs(law, n, info)}
+    records = [run("study", n, k) for n in (3, 5, 10, 20) for k in (1.0, 3.0, 10.0)]
+    records += [run("held-out", 7, 2.0), run("held-out", 15, 5.0)]
+    predictions = {"held-out": {"points": [{"n": 7, "kappa": 2.0}, {"n": 15, "kappa": 5.0}]}}
+    rows = [line for line in cost.form_lines(records, predictions) if line.startswith("| ") and "×" in line]
+    assert len(rows) == len(cost.OTHER_FORMS), rows
+    assert all(row.endswith("| ×1.00 | 1.00, 1.00 |") for row in rows), rows
+    assert cost.form_lines(records, {}) == []
+
+
 def test_cost_records_read_the_jump_and_the_stop_from_the_log(tmp_path):
     """pairs to the jump: the first evaluation with held-out R² >= 0.95; pairs to
     0.99: the stop, two evaluations in a row at or above it on the rule's samples."""

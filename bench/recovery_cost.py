@@ -190,24 +190,63 @@ def fit_law(n, info, pairs):
     varies = len(np.unique(n)) > 1
     if varies:
         columns.insert(1, np.log(n))
-    design, target = np.stack(columns, axis=1), np.log(pairs)
-    if len(target) <= design.shape[1]:
-        raise ValueError(f"the law needs more than {design.shape[1]} runs, got {len(target)}")
-    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = target - design @ coef
-    dof = len(target) - design.shape[1]
-    variance = residual @ residual / dof
-    se = np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
+    coef, se, scatter = least_squares(np.stack(columns, axis=1), np.log(pairs))
     if not varies:
         coef, se = np.insert(coef, 1, 0.0), np.insert(se, 1, 0.0)
     return {"c": float(math.exp(coef[0])), "a": float(coef[1]), "b": float(coef[2]),
             "se_log_c": float(se[0]), "se_a": float(se[1]), "se_b": float(se[2]),
-            "scatter": float(np.sqrt(residual @ residual / len(target))), "runs": int(len(target))}
+            "scatter": scatter, "runs": len(pairs)}
+
+
+def least_squares(design, target):
+    """(coefficients, their standard errors, the root mean square residual) of
+    target ~ design @ coefficients."""
+    if len(target) <= design.shape[1]:
+        raise ValueError(f"the law needs more than {design.shape[1]} runs, got {len(target)}")
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ coef
+    variance = residual @ residual / (len(target) - design.shape[1])
+    se = np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
+    return coef, se, float(np.sqrt(residual @ residual / len(target)))
 
 
 def law_pairs(fit, n, info):
     """c N^a I^(-b)."""
     return fit["c"] * n ** fit["a"] * info ** (-fit["b"])
+
+
+# forms of log pairs tried beside the law, as the columns after the constant, from
+# log N and log I; fitted to the same runs as the law, after the held-out runs were seen
+OTHER_FORMS = {"c N^a I^(-b) (the law)": lambda log_n, log_i: [log_n, -log_i],
+               "with a log N log I term": lambda log_n, log_i: [log_n, -log_i, log_n * log_i],
+               "with a (log N)^2 term": lambda log_n, log_i: [log_n, log_n ** 2, -log_i]}
+
+
+def form_lines(records, predictions):
+    """cost.md's "Other forms": each form's scatter over the fitted runs and its
+    measured / predicted at the held-out points (median of their seeds)."""
+    used = [r for r in records if r["fitted"] and r["finished"] and r["pairs_099"] is not None]
+    points = [(name, p["n"], p["kappa"]) for name in ("held-out", "held-out-2") if name in predictions
+              for p in predictions[name]["points"]]
+    if len(used) < 5 or not points:
+        return []
+
+    def design(form, n, info):
+        n, info = np.asarray(n, dtype=float), np.asarray(info, dtype=float)
+        return np.stack([np.ones_like(n), *OTHER_FORMS[form](np.log(n), np.log(info))], axis=-1)
+    lines = ["", "## Other forms (fitted to the same runs, tried after the held-out runs were seen)", "",
+             "| form | scatter | measured / predicted at " + ", ".join(f"({n}, {k:g})" for _, n, k in points)
+             + " |", "|---|---|---|"]
+    for form in OTHER_FORMS:
+        coef, _, scatter = least_squares(design(form, [r["n"] for r in used], [r["info"] for r in used]),
+                                         np.log([r["pairs_099"] for r in used]))
+        ratios = []
+        for name, n, kappa in points:
+            got = [r["pairs_099"] for r in records if r["set"] == name and r["n"] == n and r["kappa"] == kappa]
+            predicted = math.exp(design(form, n, pair_information(n, kappa)) @ coef)
+            ratios.append(f"{np.median(got) / predicted:.2f}" if got and all(got) else "-")
+        lines.append(f"| {form} | ×{math.exp(scatter):.2f} | {', '.join(ratios)} |")
+    return lines
 
 
 def fit_records(records, key):
@@ -286,6 +325,7 @@ def cost_markdown(records, fits, predictions, command, base, out_root):
                          f"{measured_cells(records, set_name, p['n'], p['kappa'], p['pairs_099'])} |")
     if "held-out" in predictions:
         lines += large_kappa_lines(records, predictions["held-out"]["fit"])
+    lines += form_lines(records, predictions)
     lines += plain_lines(records)
     lines += ["", "![pairs to R² 0.99 against I](cost.png)", ""]
     return "\n".join(lines)
