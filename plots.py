@@ -364,6 +364,48 @@ def plot_cost(results_dir):
     return save(fig, os.path.join(results_dir, "cost.png"))
 
 
+def plot_ladder(results_dir):
+    """ladder.png from results_dir/ladder.csv (bench/ladder.py): for each ladder row,
+    the bar's metric at the budget (top) and the pairs to the bar as a share of the
+    budget (bottom) per rung, one marker a seed; a run that never met the bar is an
+    open marker at the top of the lower panel, one still running is grey."""
+    with open(os.path.join(results_dir, "ladder.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["set"] == "ladder"]
+    names = list(dict.fromkeys(r["row"] for r in rows)) or ["(no runs yet)"]
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False,
+                             layout="constrained")
+    for k, name in enumerate(names):
+        own = [r for r in rows if r["row"] == name]
+        rungs = list(dict.fromkeys(r["rung"] for r in own))
+        bars = parse_bars(train_bars(name))
+        metric, _, threshold = bars[0] if bars else ("r2", ">=", None)
+        top, bottom = axes[0, k], axes[1, k]
+        for r in own:
+            x = rungs.index(r["rung"]) + (int(r["seed"]) % 10 - 1) * 0.12
+            color = "tab:blue" if r["finished"] == "True" else "tab:gray"
+            top.plot(x, float(r[metric]), "o", color=color, ms=5)
+            reached = r["pairs_to_bar"] not in ("", None)
+            share = float(r["pairs_to_bar"]) / float(r["pairs"]) if reached else 1.1
+            bottom.plot(x, share, "o", color=color, ms=5, mfc=color if reached else "none")
+        if threshold is not None:
+            top.axhline(threshold, color="tab:red", lw=1, ls="--", label=f"bar {metric} {threshold:g}")
+            top.legend(loc="lower left", fontsize=8)
+        bottom.axhline(1.0, color="gray", lw=0.8)
+        top.set(title=name, ylabel=f"{metric} at the budget")
+        bottom.set(ylabel="pairs to the bar / budget (open: not met)", ylim=(0, 1.2))
+        for ax in (top, bottom):
+            ax.set_xticks(range(len(rungs)), rungs, rotation=45, ha="right", fontsize=8)
+            ax.grid(alpha=0.3)
+    fig.suptitle("one departure reverted at a time, at the preset's pairs (seeds 1000-1002)")
+    return save(fig, os.path.join(results_dir, "ladder.png"))
+
+
+def train_bars(preset):
+    """The bars of a preset of train.py, as its describe_bars text."""
+    import train
+    return train.describe_bars(train.PRESETS[preset]) if preset in train.PRESETS else ""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Draw the figures of a run or of the grid.")
     parser.add_argument("run_dir", nargs="*", help="a run directory written by train.py")
@@ -374,11 +416,13 @@ def main(argv=None):
                         help="print a table of the run's R² at every doubling of the pairs seen")
     parser.add_argument("--cost", metavar="RESULTS_DIR",
                         help="draw cost.png from RESULTS_DIR/cost.csv (bench/recovery_cost.py)")
+    parser.add_argument("--ladder", metavar="RESULTS_DIR",
+                        help="draw ladder.png from RESULTS_DIR/ladder.csv (bench/ladder.py)")
     parser.add_argument("--official-curve", metavar="CSV",
                         help="draw curve.png beside the curve.csv of bench/compare_official.py --curve")
     args = parser.parse_args(argv)
-    if not args.run_dir and not args.grid and not args.official_curve and not args.cost:
-        parser.error("give a run directory, --grid RESULTS_DIR, --cost RESULTS_DIR or "
+    if not (args.run_dir or args.grid or args.official_curve or args.cost or args.ladder):
+        parser.error("give a run directory, --grid RESULTS_DIR, --cost RESULTS_DIR, --ladder RESULTS_DIR or "
                      "--official-curve CSV")
     try:
         if args.doublings:
@@ -389,6 +433,8 @@ def main(argv=None):
             paths = plot_official_curve(args.official_curve)
         elif args.cost:
             paths = plot_cost(args.cost)
+        elif args.ladder:
+            paths = plot_ladder(args.ladder)
         elif args.compare:
             print(compare_runs(args.compare, args.run_dir))
             paths = args.compare

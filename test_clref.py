@@ -1609,3 +1609,96 @@ def test_interrupted_cost_study_resumes_to_the_table_of_a_whole_one(tmp_path):
                            for r in csv.DictReader(f)])
     assert len(tables[0]) == 2 and tables[0] == tables[1], tables
     assert (tmp_path / "cut-results" / "cost.png").exists()
+
+
+# ----------------------------------------------------------------------------
+# The ladder (results/ladder.md; bench/ladder.py)
+# ----------------------------------------------------------------------------
+
+def load_bench(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_departures_are_exactly_the_official_recipe_plus_the_learned_radius():
+    """The groups the ladder reverts cover every field --recipe official sets, with the
+    official recipe's values, and nothing else but the learned radius (part of the head)."""
+    import train
+    fields = {}
+    for name, group in train.DEPARTURES.items():
+        assert not set(group) & set(fields), f"{name} repeats a field"
+        fields.update(group)
+    assert fields.pop("learn_radius") is False
+    assert fields == train.RECIPES["official"]
+
+
+@pytest.mark.parametrize("row", ["sphere_vmf_k10", "box_laplace_l1", "sphere_laplace"])
+def test_each_rung_differs_from_its_preset_in_exactly_the_fields_it_names(row):
+    import train
+    ladder = load_bench("ladder")
+    preset = train.PRESETS[row].config.replace(seed=1000)
+    names = ladder.rungs(row)
+    assert names[0] == "preset" and names[-1] == "official"
+    assert ("learned radius" in names) == preset.learn_radius
+    cadence = ("eval_every", "eval_growth", "supervised_steps")
+    for rung in names:
+        cfg = ladder.rung_config(row, rung, 1000)
+        # every rung keeps the preset's pairs
+        assert cfg.steps * cfg.batch_size == pytest.approx(preset.steps * preset.batch_size, rel=1e-3)
+        assert cfg.eval_every <= 0.02 * cfg.steps and cfg.eval_growth == 0.02   # every 2 % of the pairs
+        changed = {k for k, v in cfg.to_dict().items() if v != preset.to_dict()[k] and k not in cadence}
+        if rung == "preset":
+            assert changed == set()
+            continue
+        group = train.RECIPES["official"] if rung == "official" else train.DEPARTURES[rung]
+        named = {k for k, v in group.items() if getattr(preset, k) != v}
+        scaled = {"steps", "warmup", "self_pair_until"} & {k for k in train.STEP_FIELDS if getattr(preset, k)}
+        batch_moved = cfg.batch_size != preset.batch_size
+        assert changed == named | ((scaled - set(group)) if batch_moved else set()), rung
+        for k in named:
+            assert getattr(cfg, k) == group[k]
+
+
+def test_ladder_runner_reads_finished_runs_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    """A toy ladder (one row, tiny encoder, few steps): the first pass is stopped after
+    its first evaluation; the same call again continues it from its checkpoint to the
+    numbers of an uninterrupted run, and a third call reads everything back."""
+    import train
+    ladder = load_bench("ladder")
+    row = "sphere_vmf_k10"
+    toy = train.PRESETS[row].config.replace(widths=(8, 8), steps=24, batch_size=64, eval_size=256,
+                                            whiten_samples=2000, n=3, warmup=2)
+    monkeypatch.setitem(train.PRESETS, row, train.PRESETS[row].__class__(
+        **{**train.PRESETS[row].__dict__, "config": toy}))
+    jobs = [j for j in ladder.ladder_jobs(str(tmp_path / "runs"), ("ladder",), [row], ["preset", "batch"],
+                                          [1000])]
+    assert sorted(j[2] for j in jobs) == ["batch", "preset"]
+    preset_job = next(j for j in jobs if j[2] == "preset")
+    # stop the preset run right after its first checkpoint
+    calls = {"n": 0}
+    real_save = train.save_checkpoint
+
+    def save_then_stop(run_dir, state):
+        real_save(run_dir, state)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            train.STOP["signum"] = 15
+    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(train, "stop_requested", lambda: train.STOP["signum"] is not None)
+    monkeypatch.setitem(train.STOP, "signum", None)
+    assert ladder.ladder_job(preset_job) == {"status": "interrupted"}
+    partial = ladder.run_record(preset_job)
+    assert partial is not None and not partial["finished"] and partial["steps"] < toy.steps
+    train.STOP["signum"] = None
+    assert ladder.ladder_job(preset_job) == {"status": "finished"}
+    resumed = ladder.run_record(preset_job)
+    assert resumed["finished"] and resumed["steps"] == toy.steps
+    fresh = train.run(preset_job[4], None, row, say=lambda line: None, baseline=False)
+    assert (resumed["r2"], resumed["mcc"]) == (fresh["r2"], fresh["mcc"])
+    # read back, not trained again
+    monkeypatch.setattr(train, "run", lambda *a, **k: 1 / 0)
+    assert ladder.ladder_job(preset_job) == {"status": "finished"}
+    monkeypatch.undo()

@@ -324,6 +324,46 @@ RECIPES = {
 }
 
 
+# The ways the CPU presets depart from the reference recipe, each a group of the
+# fields that the reference sets (README "The experiment grid", the table of
+# differences). All but the learned radius are what `--recipe official` sets; the
+# learned radius is part of the head, which the official recipe keeps (the reference
+# code has a learnable sphere too). bench/ladder.py reverts one group at a time.
+DEPARTURES = {
+    "widths": dict(widths=REFERENCE_WIDTHS),
+    "batch": dict(batch_size=RECIPES["official"]["batch_size"]),
+    "rate schedule": dict(lr=1e-4, lr_final=None, lr_timescale=None, warmup=0),
+    "loss form": dict(loss_form="official", self_pair=False, self_pair_until=None),
+    "initialisation": dict(identity_init=False, uniform_bias=True),
+    "whitening": dict(whiten=False),
+    "learned radius": dict(learn_radius=False),
+}
+# the step counts that scale with the batch when a run keeps its pairs (steps x batch)
+STEP_FIELDS = ("steps", "warmup", "self_pair_until", "eval_every", "lr_timescale")
+
+
+def at_equal_pairs(cfg, batch_size):
+    """cfg at another batch size with its step counts scaled by the ratio of the
+    batches, so that it trains on as many pairs (steps x batch) as before."""
+    scale = cfg.batch_size / batch_size
+    scaled = {name: max(1, round(getattr(cfg, name) * scale))
+              for name in STEP_FIELDS if getattr(cfg, name)}
+    return cfg.replace(batch_size=batch_size, **scaled)
+
+
+def reverted(cfg, names):
+    """cfg with the departures `names` (keys of DEPARTURES, or "official" for the whole
+    reference recipe) set back to the reference's values, at cfg's pairs."""
+    changes = {}
+    for name in names:
+        if name not in (*DEPARTURES, "official"):
+            raise ValueError(f"unknown departure {name!r}; choose from "
+                             f"{', '.join([*DEPARTURES, 'official'])}")
+        changes.update(RECIPES["official"] if name == "official" else DEPARTURES[name])
+    batch_size = changes.pop("batch_size", cfg.batch_size)
+    return at_equal_pairs(cfg.replace(**changes), batch_size)
+
+
 def bars_met(preset, metrics):
     """True when every bar of the preset holds for metrics {"r2": .., "mcc": ..}."""
     return all(metrics[name] >= value if op == ">=" else metrics[name] < value
