@@ -1702,3 +1702,62 @@ def test_ladder_runner_reads_finished_runs_and_resumes_an_interrupted_one(tmp_pa
     monkeypatch.setattr(train, "run", lambda *a, **k: 1 / 0)
     assert ladder.ladder_job(preset_job) == {"status": "finished"}
     monkeypatch.undo()
+
+
+# ----------------------------------------------------------------------------
+# A finished run stays finished
+# ----------------------------------------------------------------------------
+
+def _files_and_times(run_dir):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
+
+
+def test_resume_of_the_committed_kappa1_run_reports_its_verdict_without_training(tmp_path):
+    """results/kappa1/long stopped at R² >= 0.99 twice, but its log predates the
+    stopping rule's own samples: --resume must not train it on."""
+    import shutil
+    run_dir = tmp_path / "long"
+    shutil.copytree(os.path.join(HERE, "results", "kappa1", "long"), run_dir)
+    before = _files_and_times(run_dir)
+    result = run_cli(["--out", str(run_dir), "--resume", "--no-plots"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "has finished (330000 steps)" in result.stdout and "recovered: held-out R² 0.990" in result.stdout
+    assert _files_and_times(run_dir) == before, "a finished run was touched"
+
+
+def test_resume_of_a_finished_run_with_an_old_format_log_trains_nothing(tmp_path):
+    """A run with a stopping rule whose log.csv and checkpoint have no stop_r2 column
+    (as logs written before the rule had its own samples): its metrics.json decides."""
+    import json
+    import train
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = TINY.replace(stop_r2=1.0, supervised_steps=0)
+    train.run(cfg, str(run_dir), say=lambda line: None, baseline=False)
+    with open(run_dir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "stop_r2" in rows[0]
+    (run_dir / "log.csv").write_text(train.csv_text(rows, train.LOG_COLUMNS))
+    with np.load(run_dir / "checkpoint.npz") as data:
+        saved = dict(data)
+    log = [{k: v for k, v in row.items() if k != "stop_r2"} for row in json.loads(str(saved["log"]))]
+    np.savez(run_dir / "checkpoint.npz", **{**saved, "log": json.dumps(log)})
+    before = _files_and_times(run_dir)
+    result = run_cli(["--out", str(run_dir), "--resume", "--no-plots"], tmp_path)
+    assert result.returncode == 0 and "its recorded verdict" in result.stdout, result.stderr
+    assert _files_and_times(run_dir) == before
+
+
+def test_resume_with_a_raised_step_budget_continues_training_and_a_lower_one_is_refused(tmp_path):
+    import json
+    run_dir = tmp_path / "run"
+    common = ["--out", str(run_dir), "--no-plots", "--quiet"]
+    first = run_cli(["--n", "3", "--widths", "8,8", "--batch-size", "32", "--steps", "20", "--eval-every",
+                     "10", "--eval-size", "64", "--supervised-steps", "0", "--whiten-samples", "500",
+                     *common], tmp_path)
+    assert first.returncode == 0, first.stderr
+    raised = run_cli(["--resume", "--steps", "30", *common], tmp_path)
+    assert raised.returncode == 0, raised.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
+    lower = run_cli(["--resume", "--steps", "10", *common], tmp_path)
+    assert lower.returncode == 2 and "raised, not lowered" in lower.stderr

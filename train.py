@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -483,7 +484,7 @@ def load_checkpoint(run_dir, cfg):
             }
     except Exception as error:  # any unreadable or inconsistent file
         raise ValueError(f"--resume: checkpoint {path} is corrupted or unreadable ({error})") from None
-    if saved_cfg != cfg:
+    if saved_cfg.replace(steps=max(saved_cfg.steps, cfg.steps)) != cfg:   # a raised budget is allowed
         raise ValueError(f"--resume: checkpoint {path} was written for another configuration; "
                          f"use the same options as the interrupted run")
     return state
@@ -1288,8 +1289,96 @@ def list_presets():
     official = ", ".join(f"{k} {list(v) if isinstance(v, tuple) else v}"
                          for k, v in RECIPES["official"].items())
     print(f"\n--recipe official, on any preset, sets: {official}; the preset's steps and data stay")
+    print("\nWhere the reference recipe and the CPU presets differ (README, the table of differences):")
+    print("\n".join(differences_table()))
     print(f"supervised baseline of every preset: the same encoder regressed onto z, "
           f"{describe_supervised_recipe(CPU.supervised_steps)}")
+
+
+def describe_departure(name, cfg):
+    """One preset's (or the reference recipe's) side of a departure, in words."""
+    if name == "widths":
+        return (f"{cfg.widths[0]}x{len(cfg.widths)}" if len(set(cfg.widths)) == 1
+                else "-".join(map(str, cfg.widths)))
+    if name == "batch":
+        return f"batch {cfg.batch_size}"
+    if name == "rate schedule":
+        peak = f"{cfg.lr:g}" + (f" after {cfg.warmup} warm-up steps" if cfg.warmup else "")
+        if cfg.lr_final is not None:
+            return f"{peak}, cosine decay to {cfg.lr_final:g}"
+        if cfg.lr_timescale is not None:
+            return f"{peak}, then x sqrt({cfg.lr_timescale} / ({cfg.lr_timescale} + t))"
+        return f"{peak}, constant"
+    if name == "loss form":
+        if cfg.loss_form == "official":
+            return "the reference's form (self pair in every row)"
+        return ("the paper's form" + ("" if not cfg.self_pair else " + self pair" if cfg.self_pair_until is None
+                                      else f" + self pair for the first {cfg.self_pair_until} steps"))
+    if name == "initialisation":
+        return "PyTorch's default" if cfg.uniform_bias and not cfg.identity_init else (
+            "near-identity, biases 0" if cfg.identity_init and not cfg.uniform_bias else
+            f"identity_init {cfg.identity_init}, uniform_bias {cfg.uniform_bias}")
+    if name == "whitening":
+        return "fixed whitening stage" if cfg.whiten else "none"
+    if name == "learned radius":
+        return "learned radius" if cfg.learn_radius else f"fixed radius {cfg.radius:g}"
+    raise ValueError(f"unknown departure {name!r}")
+
+
+def which_rows(values):
+    """{preset: text} -> 'A: every row but x, y; B: x, y', the most common text first."""
+    groups = {}
+    for preset, text in values.items():
+        groups.setdefault(text, []).append(preset)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    if len(ordered) == 1:
+        return f"{ordered[0][0]}: every row"
+    first, rest = ordered[0], ordered[1:]
+    others = [p for _, presets in rest for p in presets]
+    head = (f"{first[0]}: every row but {', '.join(others)}" if len(others) < len(first[1])
+            else f"{first[0]}: {', '.join(first[1])}")
+    return "; ".join([head, *(f"{text}: {', '.join(presets)}" for text, presets in rest)])
+
+
+def reference_seconds_per_step(results_dir=None):
+    """The median seconds of one step of the whole reference recipe (batch 6144) in
+    the ladder's finished runs (results/ladder.csv), with their count; None when none."""
+    path = os.path.join(results_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                        "ladder.csv")
+    try:
+        with open(path) as f:
+            got = [float(r["seconds_per_step"]) for r in csv.DictReader(f)
+                   if r["rung"] == "official" and r["finished"] == "True"]
+    except FileNotFoundError:
+        return None
+    return (statistics.median(got), len(got)) if got else None
+
+
+def differences_table(results_dir=None):
+    """The markdown table of every setting in which `--recipe official` (the reference
+    recipe) and the CPU presets of the grid differ (README "The experiment grid")."""
+    reference = {name: describe_departure(name, reverted(CPU.replace(head="sphere"), [name]))
+                 for name in DEPARTURES}
+    reference["learned radius"] = "kept from the preset (the reference code has a learnable sphere too)"
+    lines = ["| setting | reference recipe (`--recipe official`) | CPU presets, and the rows that use each |",
+             "|---|---|---|"]
+    for name in DEPARTURES:
+        rows = {p: describe_departure(name, PRESETS[p].config) for p in GRID_PRESETS
+                if name != "learned radius" or PRESETS[p].config.head == "sphere"}
+        text = which_rows(rows).replace("every row", "every sphere row" if name == "learned radius"
+                                        else "every row")
+        lines.append(f"| {name} | {reference[name]} | {text} |")
+    steps = {p: (f"{PRESETS[p].config.steps}" if PRESETS[p].config.stop_r2 is None else
+                 f"until R² >= {PRESETS[p].config.stop_r2:g} twice on its own samples, at most "
+                 f"{PRESETS[p].config.steps}") for p in GRID_PRESETS}
+    lines.append("| steps | the preset's (kept); the reference code's default is 100 001 | "
+                 f"{which_rows(steps)} |")
+    lines.append("| data, mixing, head, tau | the preset's (kept) | the paper's row |")
+    measured = reference_seconds_per_step(results_dir)
+    lines.append("| seconds per step, one core | " + (
+        f"{measured[0]:.2f} (median of {measured[1]} runs, results/ladder.md)" if measured
+        else "not measured yet (results/ladder.md)") + " | s/run in the grid table |")
+    return lines
 
 
 def check_writable(directory):
@@ -1325,17 +1414,22 @@ def _shard_value_attached(argv):
 
 def saved_run_config(run_dir, preset, overrides):
     """(preset, Config) saved in run_dir/config.json, for --resume without repeating
-    the run's flags. A flag given anyway must agree with the saved value: otherwise
-    ValueError naming the field and both values."""
+    the run's flags. A flag given anyway must agree with the saved value, except a
+    --steps above the saved one, which continues the run to the new budget (a cosine
+    decay is then stretched over it): otherwise ValueError naming the field and both
+    values."""
     saved_preset, cfg = read_run_config(run_dir)
     if preset is not None and preset != saved_preset:
         raise ValueError(f"--resume: {run_dir} holds a run of preset {saved_preset!r}, "
                          f"the command line says {preset!r}")
     for field, value in overrides.items():
-        if getattr(cfg, field) != value:
+        if field == "steps" and value > cfg.steps:    # raising the budget continues the run
+            cfg = cfg.replace(steps=value)
+        elif getattr(cfg, field) != value:
             raise ValueError(f"--resume: {field} is {getattr(cfg, field)!r} in "
                              f"{os.path.join(run_dir, 'config.json')}, the command line says "
-                             f"{value!r}; leave the flag out to continue the saved run")
+                             f"{value!r}; leave the flag out to continue the saved run"
+                             + (" (a budget can be raised, not lowered)" if field == "steps" else ""))
     return saved_preset, cfg
 
 
@@ -1381,6 +1475,11 @@ def main(argv=None):
             preset, cfg = saved_run_config(run_dir, args.preset, overrides)
             C.check_config(cfg)
         if args.resume:
+            done = finished_metrics(run_dir, cfg)
+            if done is not None:  # a finished run stays finished, whatever wrote its log
+                print(f"{run_dir} has finished ({done['steps']} steps); its recorded verdict:")
+                print(verdict(done, preset))
+                return 0
             load_checkpoint(run_dir, cfg)
         created = not os.path.exists(run_dir)
         try:
