@@ -1761,3 +1761,118 @@ def test_resume_with_a_raised_step_budget_continues_training_and_a_lower_one_is_
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
     lower = run_cli(["--resume", "--steps", "10", *common], tmp_path)
     assert lower.returncode == 2 and "raised, not lowered" in lower.stderr
+
+
+# ----------------------------------------------------------------------------
+# The README's numbers against the files they come from
+# ----------------------------------------------------------------------------
+
+def readme_text(flat=True):
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    return " ".join(text.split()) if flat else text
+
+
+def read_csv(*parts):
+    with open(os.path.join(HERE, *parts), encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_readme_grid_table_matches_grid_csv_and_the_sweeps():
+    """Each grid row of the README: bars, steps, met, mean R², mean MCC and seconds from
+    results/grid.csv; fresh seeds met from the sweeps' grid.csv files."""
+    import train
+    rows = read_csv("results", "grid.csv")
+    sweeps = [r for name in ("fresh-1000", "fresh-1000-rest", "kappa1-1000")
+              for r in read_csv("results", "sweeps", name, "grid.csv")]
+    symbols = {"r2": "R²", "mcc": "MCC", ">=": "≥", "<": "<"}
+    lines = readme_text(flat=False).splitlines()
+    for name in train.GRID_PRESETS:
+        mine = [r for r in rows if r["preset"] == name]
+        fresh = [r for r in sweeps if r["preset"] == name]
+        assert len(mine) == 3 and fresh, name
+        bars = ", ".join(f"{symbols[m]} {symbols[op]} {v:g}" for m, op, v in train.PRESETS[name].bars)
+        expected = (f"| {name} | {bars} | {train.step_range([r['steps'] for r in mine])} | "
+                    f"{sum(r['met'] == 'True' for r in mine)}/3 | "
+                    f"{np.mean([float(r['r2']) for r in mine]):.3f} | "
+                    f"{np.mean([float(r['mcc']) for r in mine]):.3f} | "
+                    f"{np.mean([float(r['seconds']) for r in mine]):.0f} | "
+                    f"{sum(r['met'] == 'True' for r in fresh)}/{len(fresh)} |")
+        assert expected in lines, f"README's row for {name} differs from grid.csv: {expected}"
+    met = sum(r["met"] == "True" for r in rows)
+    assert f"grid: {met}/{len(rows)} runs met their bars" in readme_text()
+
+
+def test_readme_table_of_differences_matches_list_and_the_recipes(capsys):
+    """The README's table and `--list` print train.differences_table(), which is made
+    from RECIPES, DEPARTURES and the presets (the test above them checks those agree)."""
+    import train
+    table = train.differences_table()
+    readme = readme_text(flat=False).splitlines()
+    start = readme.index(table[0])
+    assert readme[start:start + len(table)] == table
+    assert readme[start + len(table)].strip() == "", "the README's table has rows the code does not"
+    train.list_presets()
+    printed = capsys.readouterr().out.splitlines()
+    assert all(line in printed for line in table)
+    for name, group in train.DEPARTURES.items():   # every departure is a row, with its reference value
+        row = next(line for line in table if line.startswith(f"| {name} |"))
+        if name != "learned radius":
+            cfg = train.reverted(train.CPU.replace(head="sphere"), [name])
+            assert train.describe_departure(name, cfg) in row
+
+
+def test_readme_cost_law_matches_cost_json_and_its_predictions_cost_md():
+    import json
+    readme = readme_text()
+    with open(os.path.join(HERE, "results", "cost.json")) as f:
+        fit = json.load(f)["pairs_099"]
+    assert (f"a = {fit['a']:.2f} ± {fit['se_a']:.2f}, b = {fit['b']:.2f} ± {fit['se_b']:.2f}, "
+            f"scatter ×{math.exp(fit['scatter']):.2f}") in readme
+    assert f"The {fit['runs']} runs with κ ≤ 20" in readme
+    with open(os.path.join(HERE, "results", "cost.md"), encoding="utf-8") as f:
+        cost = f.read()
+    ratios = []
+    for section in cost.split("## Held-out predictions: ")[1:]:
+        table = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("| ")][1:]
+        ratios += [line.strip("| ").split(" | ")[-1] for line in table]
+    assert len(ratios) == 10
+    import re
+    quoted = readme.split("scored measured/predicted ")[1].split(" (the last three")[0]
+    assert re.findall(r"\d+\.\d+", quoted) == ratios
+    within = sum(1 / 1.5 <= float(r) <= 1.5 for r in ratios)
+    assert f": {['no', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten'][within]} within ×1.5" in readme
+
+
+def test_readme_default_run_matches_its_metrics_json():
+    import json
+    with open(os.path.join(HERE, "results", "default", "metrics.json")) as f:
+        m = json.load(f)
+    readme = readme_text()
+    assert (f"held-out R² {m['r2']:.3f}, MCC {m['mcc']:.3f} (identity {m['identity_r2']:.3f}, "
+            f"supervised {m['supervised_r2']:.3f})") in readme
+    assert f"Training took {m['seconds']:.2f} s" in readme
+    readme = readme_text(flat=False)   # the printed lines keep their double spaces
+    assert f"r2 {m['supervised_r2']:.4f}  mcc {m['supervised_mcc']:.4f}" in readme
+    assert f"r2 {m['identity_r2']:.4f}  mcc {m['identity_mcc']:.4f}" in readme
+
+
+def test_readme_library_snippet_prints_the_lines_the_readme_shows():
+    """The "Using the library" code, run as it stands, prints the README's lines (numbers
+    to 1e-9 relative, text exactly)."""
+    import contextlib
+    import io
+    import re
+    text = readme_text(flat=False).split("## Using the library", 1)[1]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = text.split("prints\n\n```\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README snippet", "exec"), {})
+    printed = out.getvalue().strip().splitlines()
+    number = r"-?\d+\.\d+(?:e-?\d+)?"
+    assert len(printed) == len(shown)
+    for got, want in zip(printed, shown):
+        assert re.sub(number, "#", got) == re.sub(number, "#", want), (got, want)
+        assert np.allclose([float(v) for v in re.findall(number, got)],
+                           [float(v) for v in re.findall(number, want)], rtol=1e-9, atol=0), (got, want)

@@ -114,6 +114,15 @@ def _git(*args):
                           check=True).stdout.strip()
 
 
+def head_commit():
+    """The abbreviated commit of the checkout, with "+" when it has uncommitted
+    changes; "unknown" outside git."""
+    try:
+        return _git("rev-parse", "--short", "HEAD") + ("+" if _git("status", "--porcelain", "-uno") else "")
+    except Exception:
+        return "unknown"
+
+
 def environment():
     """Where a run ran (README "The default run"): versions, BLAS and its kernel,
     CPU, threads, git commit. Every field that cannot be read is "unknown"; this
@@ -179,12 +188,14 @@ class Preset:
 
 
 # CPU recipe shared by every row: a narrower encoder than the paper's (four
-# layers of 128 instead of 100-500-500-500-500-100: ~8x fewer FLOPs per sample,
-# and as fast to fit here), batch 512 instead of 6144, 12 000 steps instead of
-# ~300 000, Adam with 100 warm-up steps and a cosine decay to 1e-5. N = 10 and
-# the mixing (3 layers, conditioned as in the reference code) are the paper's.
-# Measured: results/recipes.md and the grid (README "The experiment grid").
-# Every CPU recipe whitens its input (README §4): cov(x) spans 50x to 4000x, and
+# layers of 128 instead of 100-500-500-500-500-100: ~16x fewer multiply-adds per
+# sample), batch 512 instead of 6144, 12 000 steps instead of the reference code's
+# default of 100 001, Adam with 100 warm-up steps and a cosine decay to 1e-5. N = 10
+# and the mixing (3 layers, conditioned as in the reference code) are the paper's.
+# Every difference from the reference recipe: DEPARTURES below and `--list`; what each
+# one does: results/ladder.md. Chosen: results/recipes.md.
+# Every CPU recipe whitens its input (README §4): cov(x) spans 52x to 1465x on the
+# grid's rows and seeds 0-2 (python bench/plateau.py --spread), and
 # without the fixed stage runs on seeds no recipe was chosen on stalled at R² ~0.86
 # with one latent direction, the one in x's smallest principal component, not
 # learned (results/plateau.md).
@@ -1303,9 +1314,9 @@ def describe_departure(name, cfg):
     if name == "batch":
         return f"batch {cfg.batch_size}"
     if name == "rate schedule":
-        peak = f"{cfg.lr:g}" + (f" after {cfg.warmup} warm-up steps" if cfg.warmup else "")
+        peak = f"{cfg.lr:g}" + (f", {cfg.warmup} warm-up steps" if cfg.warmup else "")
         if cfg.lr_final is not None:
-            return f"{peak}, cosine decay to {cfg.lr_final:g}"
+            return f"{peak}, cosine to {cfg.lr_final:g}"
         if cfg.lr_timescale is not None:
             return f"{peak}, then x sqrt({cfg.lr_timescale} / ({cfg.lr_timescale} + t))"
         return f"{peak}, constant"
@@ -1326,18 +1337,15 @@ def describe_departure(name, cfg):
 
 
 def which_rows(values):
-    """{preset: text} -> 'A: every row but x, y; B: x, y', the most common text first."""
+    """{preset: text} -> 'B: x, y; A: the other rows', A the most common text."""
     groups = {}
     for preset, text in values.items():
         groups.setdefault(text, []).append(preset)
     ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
     if len(ordered) == 1:
         return f"{ordered[0][0]}: every row"
-    first, rest = ordered[0], ordered[1:]
-    others = [p for _, presets in rest for p in presets]
-    head = (f"{first[0]}: every row but {', '.join(others)}" if len(others) < len(first[1])
-            else f"{first[0]}: {', '.join(first[1])}")
-    return "; ".join([head, *(f"{text}: {', '.join(presets)}" for text, presets in rest)])
+    return "; ".join([*(f"{text}: {', '.join(presets)}" for text, presets in ordered[1:]),
+                      f"{ordered[0][0]}: the other rows"])
 
 
 def reference_seconds_per_step(results_dir=None):
@@ -1359,20 +1367,21 @@ def differences_table(results_dir=None):
     recipe) and the CPU presets of the grid differ (README "The experiment grid")."""
     reference = {name: describe_departure(name, reverted(CPU.replace(head="sphere"), [name]))
                  for name in DEPARTURES}
-    reference["learned radius"] = "kept from the preset (the reference code has a learnable sphere too)"
+    reference["learned radius"] = "the preset's (kept; the reference code can learn it too)"
     lines = ["| setting | reference recipe (`--recipe official`) | CPU presets, and the rows that use each |",
              "|---|---|---|"]
     for name in DEPARTURES:
         rows = {p: describe_departure(name, PRESETS[p].config) for p in GRID_PRESETS
                 if name != "learned radius" or PRESETS[p].config.head == "sphere"}
-        text = which_rows(rows).replace("every row", "every sphere row" if name == "learned radius"
-                                        else "every row")
+        text = which_rows(rows).replace("the other rows", "the other sphere rows" if name == "learned radius"
+                                        else "the other rows")
         lines.append(f"| {name} | {reference[name]} | {text} |")
-    steps = {p: (f"{PRESETS[p].config.steps}" if PRESETS[p].config.stop_r2 is None else
-                 f"until R² >= {PRESETS[p].config.stop_r2:g} twice on its own samples, at most "
-                 f"{PRESETS[p].config.steps}") for p in GRID_PRESETS}
+    fixed = [PRESETS[p].config.steps for p in GRID_PRESETS if PRESETS[p].config.stop_r2 is None]
+    stopped = ", ".join(f"{p}: until R² >= {PRESETS[p].config.stop_r2:g} twice on its own samples, "
+                        f"at most {PRESETS[p].config.steps}" for p in GRID_PRESETS
+                        if PRESETS[p].config.stop_r2 is not None)
     lines.append("| steps | the preset's (kept); the reference code's default is 100 001 | "
-                 f"{which_rows(steps)} |")
+                 f"{min(fixed)}-{max(fixed)} (the grid table); {stopped} |")
     lines.append("| data, mixing, head, tau | the preset's (kept) | the paper's row |")
     measured = reference_seconds_per_step(results_dir)
     lines.append("| seconds per step, one core | " + (

@@ -31,7 +31,6 @@ import csv
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -168,14 +167,6 @@ def command_of(job):
                        "--seeds", str(seed)])
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 # ----------------------------------------------------------------------------
 # The page
 # ----------------------------------------------------------------------------
@@ -229,7 +220,7 @@ def reading(records, row, rung):
 
 def ladder_markdown(records, jobs, command):
     lines = [f"# The ladder: from the reference recipe to clref's, one change at a time", "",
-             f"Made by `{command}` at commit {git_commit()} (the runs in results/ladder/runs; each",
+             f"Made by `{command}` at commit {train.head_commit()} (the runs in results/ladder/runs; each",
              "run's own command is in the last table). Rows, rungs and seeds: bench/ladder.py's",
              "docstring; the departures: README, the table of differences (`python train.py --list`).",
              "Seconds are of one core (one BLAS thread, two runs at a time on this 2-core",

@@ -1,6 +1,7 @@
 """What a run has not learned: canonical correlations between z and h = f(g(z)).
 
 python bench/plateau.py RUN_DIR [RUN_DIR ...]
+python bench/plateau.py --spread [SEEDS]
 
 For each run (its config.json and checkpoint.npz), on the run's own held-out
 evaluation samples:
@@ -11,6 +12,10 @@ evaluation samples:
   the squared correlation of its latent variate with each principal component of
   x, the components ordered from the largest variance of x to the smallest;
 - the spread of cov(x): its largest eigenvalue over its smallest.
+
+With --spread: that spread for every row of the grid (its p(z) and mixing) at each
+of the comma-separated SEEDS (default 0,1,2, the grid's), from as many observations
+as the whitening stage is estimated from, without training anything.
 """
 import os
 import sys
@@ -54,10 +59,32 @@ def report(run_dir):
     print(f"  cov(x): largest / smallest eigenvalue {variances.max() / variances.min():.0f}")
 
 
+def spread(seeds):
+    """cov(x)'s largest over smallest eigenvalue per grid row and seed, and the range."""
+    import train
+    found = []
+    for name in train.GRID_PRESETS:
+        cfg = train.PRESETS[name].config
+        row = []
+        for seed in seeds:
+            init_rng, *_, stage_rng, _ = C.run_generators(seed)
+            mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
+            x = C.mix(mixing, C.sample_marginal(cfg.replace(seed=seed), cfg.whiten_samples, stage_rng))
+            variances = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+            row.append(variances.max() / variances.min())
+        found += row
+        print(f"{name}: " + ", ".join(f"seed {s} {v:.0f}" for s, v in zip(seeds, row)))
+    print(f"cov(x), largest / smallest eigenvalue over {len(found)} (row, seed): "
+          f"{min(found):.0f} to {max(found):.0f}")
+
+
 def main(argv):
     if not argv:
         print(__doc__.strip().splitlines()[2])
         return 2
+    if argv[0] == "--spread":
+        spread([int(s) for s in (argv[1] if len(argv) > 1 else "0,1,2").split(",")])
+        return 0
     for run_dir in argv:
         report(run_dir)
     return 0

@@ -283,7 +283,8 @@ def git_commit_of(path):
 
 def cost_markdown(records, fits, predictions, command, base, out_root):
     lines = ["# The cost of recovery", "",
-             f"Written by `{command}` from the runs in {os.path.relpath(out_root, ROOT)} (I: minus "
+             f"Written by `{command}` at commit {train.head_commit()} from the runs in "
+             f"{os.path.relpath(out_root, ROOT)} (each run's env.json names the commit that trained it; I: minus "
              f"Theorem 1's limit, README §5). Recipe: {train.describe_recipe(base)}, tau = 1/kappa, "
              f"evaluated whenever {EVAL_GROWTH:.0%} more steps have passed; plain: the same without "
              f"whitening; tau-floor(-2): tau = max(1/kappa, {TAU_FLOOR:g}). Pairs in millions; "
