@@ -1316,7 +1316,18 @@ def clref_outputs(case):
     if fn == "whitening_stage":
         mean, matrix = C.whitening_stage(a["x"])
         return {"mean": mean, "matrix": matrix}
+    if fn in ("encode_vjp", "adam_update", "train_step"):
+        return new_case_outputs(case)
+    if fn == "learning_rate":
+        return {"rates": [C.learning_rate(C.Config(**args["config"]), t) for t in args["steps"]]}
     g = rng(31)
+    if fn == "sample_box_conditional":
+        cfg = C.Config(space="box", conditional=args["conditional"], sigma=args["sigma"], lam=args["lam"],
+                       beta=args["beta"], head="none", p=1)
+        center = np.tile(np.array(args["z"]), (args["draws"], 1))
+        draws = C.perturb_in_box(center, lambda k: C.sample_noise(cfg.conditional, k, g, sigma=cfg.sigma,
+                                                                  lam=cfg.lam, beta=cfg.beta), 0.0, 1.0)
+        return {"mean": draws.mean(axis=0), "variance": draws.var(axis=0)}
     if fn == "sample_vmf":
         mu = C.sample_uniform_sphere(args["draws"], args["n"], g)
         return {"mean_cosine": np.mean(np.sum(mu * C.sample_vmf(mu, args["kappa"], g), axis=1))}
@@ -1329,6 +1340,69 @@ def clref_outputs(case):
         z, z_tilde = C.sample_pairs(cfg, args["draws"], g)
         return {"min_at_least": z_tilde.min(), "max_at_most": z_tilde.max()}
     raise AssertionError(f"unknown conformance function {fn}")
+
+
+def json_params(tree):
+    """A conformance parameter tree as clref holds it."""
+    params = {"layers": [(np.array(l["W"]), np.array(l["b"])) for l in tree["layers"]]}
+    params.update({k: np.array(tree[k]) for k in ("bound", "radius") if k in tree})
+    if "whiten" in tree:
+        params["whiten"] = {k: np.array(v) for k, v in tree["whiten"].items()}
+    return params
+
+
+def tree_leaves(tree):
+    """The arrays of a JSON or clref parameter tree, in clref's order (whiten left out)."""
+    if isinstance(tree, dict) and "layers" in tree and isinstance(tree["layers"][0], dict):
+        tree = json_params(tree)
+    return [np.asarray(a, dtype=float) for a in C.parameter_leaves(C.trainable(tree))]
+
+
+def new_case_outputs(case):
+    """clref's answers to the encode_vjp, adam_update and train_step cases, parameter
+    trees given as their leaves."""
+    from autograd import grad
+    import autograd.numpy as anp
+    fn, args = case["function"], case["args"]
+    params = json_params(args["params"])
+    if fn == "encode_vjp":
+        free, fixed = C.trainable(params), {k: params[k] for k in C.FIXED_PARAMETERS if k in params}
+        g, x = np.array(args["cotangent"]), np.array(args["x"])
+
+        def dot(free, x):
+            return anp.sum(g * C.encode({**free, **fixed}, x, args["head"], args["radius"]))
+        return {"grad_params": tree_leaves(grad(dot, 0)(free, x)), "grad_x": grad(dot, 1)(free, x)}
+    if fn == "adam_update":
+        state = {"m": tree_leaves(args["m"]), "v": tree_leaves(args["v"]), "t": args["t"]}
+        new, state = C.adam_update(params, tree_leaves(args["grads"]), state, args["lr"], args["b1"],
+                                   args["b2"], args["eps"])
+        return {"params": tree_leaves(new), "m": state["m"], "v": state["v"], "t": state["t"]}
+    cfg = C.Config(n=params["layers"][0][0].shape[0], dtype="float64", **args["config"])
+    state, losses, snapshots = C.adam_init(params), [], []
+    for step, (x, x_tilde) in enumerate(args["batches"]):
+        loss_cfg = cfg if C.self_pair_active(cfg, step) else cfg.replace(self_pair=False, self_pair_until=None)
+        loss, params, state = C.train_step(C.contrastive_objective, params, state,
+                                           (np.array(x), np.array(x_tilde)), loss_cfg, C.learning_rate(cfg, step))
+        losses.append(loss)
+        snapshots.append({"params": tree_leaves(params), "m": [a.copy() for a in state["m"]],
+                          "v": [a.copy() for a in state["v"]]})
+    return {"losses": losses, "after_1": snapshots[0], "after_3": snapshots[2]}
+
+
+def assert_close_tree(got, want, tol, where):
+    """Compare an answer with its expected value: numbers and arrays, or dictionaries of
+    them, a JSON parameter tree compared leaf by leaf."""
+    if isinstance(want, dict) and "layers" in want:
+        want = tree_leaves(want)
+    if isinstance(want, dict):
+        for key, value in want.items():
+            assert_close_tree(got[key], value, tol, f"{where} {key}")
+    elif isinstance(got, list) and got and isinstance(got[0], np.ndarray):
+        assert len(got) == len(want), where
+        for a, b in zip(got, want):
+            assert np.allclose(a, np.array(b), rtol=tol["rel"], atol=tol["abs"]), f"{where} differs"
+    else:
+        assert np.allclose(got, np.array(want, dtype=float), rtol=tol["rel"], atol=tol["abs"]), f"{where} differs"
 
 
 def test_clref_reproduces_the_conformance_vectors():
@@ -1346,13 +1420,13 @@ def test_clref_reproduces_the_conformance_vectors():
                 elif key == "max_at_most":
                     assert got[key] <= value, where
                 elif f"abs_{key}" in tol:
-                    assert abs(got[key] - value) <= tol[f"abs_{key}"], f"{where}: {key} {got[key]} vs {value}"
+                    assert np.all(np.abs(np.array(got[key]) - value) <= tol[f"abs_{key}"]), (
+                        f"{where}: {key} {got[key]} vs {value}")
             continue
         for key, value in want.items():
             if key == "assignment":
                 continue  # ties allow other optimal assignments; the cost is compared
-            assert np.allclose(got[key], np.array(value), rtol=tol["rel"], atol=tol["abs"]), (
-                f"{where}: {key} differs from the vectors")
+            assert_close_tree(got[key], value, tol, f"{where}: {key}")
 
 
 def test_conformance_vectors_are_up_to_date_and_deterministic():
@@ -1368,6 +1442,17 @@ def test_conformance_vectors_are_up_to_date_and_deterministic():
     assert [(c["function"], c["args"]) for c in built["cases"]] == \
         [(c["function"], c["args"]) for c in stored["cases"]], (
         "conformance/vectors.json is out of date; run python conformance/generate.py")
+
+
+def test_every_mutant_of_the_numpy_port_fails_a_named_case():
+    """conformance/mutants.py: eight bugs ports commonly have, each put into the NumPy
+    port alone; each must fail at least one case, and the case that caught it is named."""
+    mutants = load_conformance_module("mutants")
+    assert len(mutants.MUTANTS) == 8
+    caught = {name: mutants.failures(replacements, VECTORS) for name, replacements in mutants.MUTANTS}
+    survivors = [name for name, failed in caught.items() if not failed]
+    assert not survivors, f"mutants no case caught: {survivors}"
+    assert all(line.startswith("FAIL case ") for failed in caught.values() for line in failed)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

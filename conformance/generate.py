@@ -9,14 +9,17 @@ import math
 import os
 import sys
 
+import autograd.numpy as anp
 import numpy as np
 from autograd import grad
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import clref as C  # noqa: E402
 
-VERSION = 4                            # 2: infonce cases may carry self_pair; 3: form;
-                                       # 4: whitening_stage, encode with params.whiten
+VERSION = 5                            # 2: infonce cases may carry self_pair; 3: form;
+                                       # 4: whitening_stage, encode with params.whiten;
+                                       # 5: encode_vjp, adam_update, learning_rate, train_step,
+                                       # infonce at tau 1e-3 and p 1.5, sample_box_conditional
 EXACT = {"abs": 1e-12, "rel": 1e-12}   # float64 ports; PORTING.md gives float32 tolerances
 
 
@@ -177,6 +180,207 @@ def sampler_cases():
     return cases
 
 
+def as_tree(params):
+    """clref parameters -> JSON: layers as {"W", "b"}, and bound, radius, whiten when held."""
+    tree = {"layers": [{"W": as_list(w), "b": as_list(b)} for w, b in params["layers"]]}
+    for key in ("bound", "radius"):
+        if key in params:
+            tree[key] = as_list(params[key])
+    if "whiten" in params:
+        tree["whiten"] = {k: as_list(v) for k, v in params["whiten"].items()}
+    return tree
+
+
+def moments_tree(params, leaves):
+    """Adam's moment leaves (in clref's order) as a JSON tree shaped like `params`."""
+    return as_tree(C.with_leaves(C.trainable(params), iter(leaves)))
+
+
+def small_encoder(rng, head, learn_radius=False, whiten=False, radius=1.0, n=4, widths=(9, 7)):
+    """A float64 encoder N -> 9 -> 7 -> N with random biases (random weights: the widths
+    are below 2N, so the identity path of README §4 is off), optionally whitened."""
+    stage = None
+    if whiten:
+        mixing = C.make_mixing(n, 3, rng, cond_pool=100)
+        stage = C.whitening_stage(C.mix(mixing, rng.uniform(0, 1, (40, n))))
+    params = C.init_encoder(n, widths, head, rng, "float64", radius, learn_radius, stage=stage)
+    params["layers"] = [(w, rng.uniform(-0.1, 0.1, b.shape)) for w, b in params["layers"]]
+    if head == "box":
+        params["bound"] = rng.uniform(0.5, 2.0, n)
+    return params
+
+
+def encode_vjp_cases(rng):
+    """encode with a cotangent g: the gradients of sum(g * encode(params, x)) with respect
+    to every trainable parameter and to x (the whitening stage is fixed: no gradient)."""
+    cases = []
+    for head, learn, radius in (("sphere", False, 1.5), ("sphere", True, 2.0), ("box", False, 1.0),
+                                ("none", False, 1.0)):
+        for whiten in (False, True):
+            params = small_encoder(rng, head, learn, whiten, radius)
+            x, g = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+            free, fixed = C.trainable(params), {k: params[k] for k in C.FIXED_PARAMETERS if k in params}
+
+            def dot(free, x):
+                return anp.sum(g * C.encode({**free, **fixed}, x, head, radius))
+            grads = grad(dot, 0)(free, x)
+            cases.append({"function": "encode_vjp",
+                          "args": {"params": as_tree(params), "x": as_list(x), "head": head,
+                                   "radius": radius, "cotangent": as_list(g)},
+                          "expected": {"grad_params": as_tree(grads), "grad_x": as_list(grad(dot, 1)(free, x))},
+                          "tolerance": EXACT,
+                          "note": f"{head} head{', learned radius' if learn else ''}"
+                                  f"{', whitened' if whiten else ''}"
+                                  + ("; args.radius, as params holds none" if head == "sphere" and not learn
+                                     else "")})
+    return cases
+
+
+def adam_cases(rng):
+    """One Adam step from moments of step 3 to step 4, with gradients from 1e-10 to 1: where
+    eps (1e-8) is added, and the bias correction, change the small ones' steps by far more
+    than the tolerance."""
+    params = {"layers": [(rng.standard_normal((3, 2)), rng.standard_normal(2))], "radius": np.array(1.5)}
+    scales = np.array([[1e-10, 1e-9], [1e-8, 1e-7], [1e-3, 1.0]])
+    grads = {"layers": [(scales * rng.standard_normal((3, 2)), 1e-9 * rng.standard_normal(2))],
+             "radius": np.array(3e-9)}
+    leaves = C.parameter_leaves(params)
+    state = {"m": [np.array(1e-9 * rng.standard_normal(np.shape(a))) for a in leaves],
+             "v": [np.array(1e-8 * rng.standard_normal(np.shape(a))) ** 2 for a in leaves], "t": 3}
+    before = {"m": moments_tree(params, state["m"]), "v": moments_tree(params, state["v"])}
+    new, after = C.adam_update(params, grads, {k: [a.copy() for a in v] if k != "t" else v
+                                               for k, v in state.items()}, 1e-3)
+    return [{"function": "adam_update",
+             "args": {"params": as_tree(params), "grads": as_tree(grads), **before, "t": 3, "lr": 1e-3,
+                      "b1": 0.9, "b2": 0.999, "eps": 1e-8},
+             "expected": {"params": as_tree(new), "m": moments_tree(params, after["m"]),
+                          "v": moments_tree(params, after["v"]), "t": after["t"]},
+             "tolerance": EXACT,
+             "note": "t is the step count before this update; eps is added after the bias correction"}]
+
+
+SCHEDULES = (  # (config fields, steps): warm-up and cosine, constant, inverse square root
+    ({"lr": 3e-3, "lr_final": 1e-5, "lr_timescale": None, "warmup": 100, "steps": 9000},
+     [0, 49, 99, 100, 101, 4550, 8999, 9000, 12000]),
+    ({"lr": 1e-4, "lr_final": None, "lr_timescale": None, "warmup": 0, "steps": 100001}, [0, 10, 100000]),
+    ({"lr": 1e-3, "lr_final": None, "lr_timescale": 100000, "warmup": 100, "steps": 500000},
+     [0, 99, 100, 100100, 400100]),
+)
+
+
+def schedule_cases():
+    cases = []
+    for fields, steps in SCHEDULES:
+        cfg = C.Config(**fields)
+        cases.append({"function": "learning_rate", "args": {"config": fields, "steps": steps},
+                      "expected": {"rates": [C.learning_rate(cfg, t) for t in steps]},
+                      "tolerance": EXACT, "note": "steps are 0-based"})
+    return cases
+
+
+STEP_FIELDS = ("head", "radius", "learn_radius", "tau", "p", "self_pair", "self_pair_until", "loss_form",
+               "lr", "lr_final", "lr_timescale", "warmup", "steps")
+# (note, head, learn_radius, whiten, config changes): 3 steps of each. No case pairs an Lp
+# loss with no head: its loss does not change when every output moves by one vector, so
+# the output bias's gradient is rounding noise, which Adam divides by eps and no two
+# implementations share.
+TRAIN_STEPS = (
+    ("dot loss, learned radius, whitened, warm-up then cosine", "sphere", True, True,
+     dict(tau=0.5, lr=3e-2, lr_final=1e-4, warmup=2, steps=3)),
+    ("L1 loss, box head, constant rate", "box", False, False, dict(p=1.0, tau=1.0, lr=1e-2)),
+    ("L3 loss, box head, self pair, sqrt schedule", "box", False, False,
+     dict(p=3.0, tau=1.0, self_pair=True, lr=1e-2, lr_timescale=2, warmup=1)),
+    ("the reference code's form, dot, fixed radius 1", "sphere", False, False,
+     dict(tau=0.2, loss_form="official", lr=1e-2)),
+    ("L1, box head, the self pair as a warm start: on for steps 0 and 1, off at step 2", "box", False, False,
+     dict(p=1.0, tau=0.5, self_pair=True, self_pair_until=2, lr=1e-2)),
+)
+
+
+def train_step_cases(rng):
+    """Three training steps as train.py takes them: at step t (0-based) the rate is
+    learning_rate(config, t) and the loss holds the self pair while self_pair_active;
+    both views are encoded with the same parameters, the loss's gradient taken with
+    respect to every trainable parameter, then one Adam step (b1 0.9, b2 0.999, eps 1e-8)."""
+    cases = []
+    for note, head, learn, whiten, changes in TRAIN_STEPS:
+        cfg = C.Config(n=4, widths=(9, 7), head=head, learn_radius=learn,
+                       radius=2.0 if learn else 1.0, dtype="float64", **changes)
+        params = small_encoder(rng, head, learn, whiten, cfg.radius)
+        batches = [(rng.standard_normal((8, 4)), rng.standard_normal((8, 4))) for _ in range(3)]
+        state, current, losses, snapshots = C.adam_init(params), params, [], []
+        without_self_pair = cfg.replace(self_pair=False, self_pair_until=None)
+        for step, batch in enumerate(batches):
+            loss_cfg = cfg if C.self_pair_active(cfg, step) else without_self_pair
+            loss, current, state = C.train_step(C.contrastive_objective, current, state, batch, loss_cfg,
+                                                C.learning_rate(cfg, step))
+            losses.append(loss)
+            snapshots.append({"params": as_tree(C.trainable(current)), "m": moments_tree(current, state["m"]),
+                              "v": moments_tree(current, state["v"])})
+        cases.append({"function": "train_step",
+                      "args": {"params": as_tree(params), "config": {k: getattr(cfg, k) for k in STEP_FIELDS},
+                               "batches": [[as_list(x), as_list(x_tilde)] for x, x_tilde in batches]},
+                      "expected": {"losses": losses, "after_1": snapshots[0], "after_3": snapshots[2]},
+                      "tolerance": {"abs": 1e-10, "rel": 1e-10}, "note": note})
+    return cases
+
+
+def hard_infonce_cases(rng):
+    """|S| past float64's exp overflow (tau = 1e-3: a naive log-sum-exp gives inf or nan),
+    and a non-integer p."""
+    cases = []
+    for p, tau in ((None, 1e-3), (1, 1e-3), (1.5, 0.5), (1.5, 1.0)):
+        h, h_tilde = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+        if p is None:
+            h, h_tilde = C.normalize(h), C.normalize(h_tilde)
+        args = (h, h_tilde, tau, p)
+        cases.append({"function": "infonce",
+                      "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "tau": tau, "p": p},
+                      "expected": {"value": C.infonce(*args), "grad_h": as_list(grad(C.infonce, 0)(*args)),
+                                   "grad_h_tilde": as_list(grad(C.infonce, 1)(*args))},
+                      "tolerance": {"abs": 1e-12 / min(tau, 1.0), "rel": 1e-12},
+                      "note": "largest |S| %.0f; the absolute tolerance is 1e-12 / tau" % np.max(
+                          np.abs(C.similarity_matrix(h, h_tilde, tau, p)))})
+    return cases
+
+
+def truncated_moments(density, center, low, high, points=2_000_001):
+    """Mean, variance and fourth central moment of z_tilde on [low, high] with density
+    ∝ density(z_tilde - center), by the trapezoid rule on a fine grid."""
+    t = np.linspace(low, high, points)
+    weight = density(t - center)
+
+    def integral(values):            # the trapezoid rule (numpy's name for it changed in 2.0)
+        return float(np.sum(values[1:] + values[:-1]) * (t[1] - t[0]) / 2)
+    total = integral(weight)
+    mean = integral(t * weight) / total
+    var = integral((t - mean) ** 2 * weight) / total
+    m4 = integral((t - mean) ** 4 * weight) / total
+    return mean, var, m4
+
+
+def box_sampler_cases():
+    """The box conditional by its distribution: noise redrawn coordinate-wise until the
+    coordinate lies in [0, 1] makes z_tilde - z follow the noise truncated to the box.
+    Anchors near a face make the truncation large, so clipping (mass at the face) fails."""
+    cases = []
+    center = [0.02, 0.5, 0.97]
+    for conditional, scale, beta in (("normal", 0.1, 2.0), ("laplace", 0.1, 1.0), ("gennorm", 0.1, 3.0)):
+        shape = {"normal": lambda u: np.exp(-0.5 * (u / scale) ** 2),
+                 "laplace": lambda u: np.exp(-np.abs(u) / scale),
+                 "gennorm": lambda u: np.exp(-np.abs(u / scale) ** beta)}[conditional]
+        moments = [truncated_moments(shape, c, 0.0, 1.0) for c in center]
+        draws = 200000
+        cases.append({"function": "sample_box_conditional",
+                      "args": {"z": center, "conditional": conditional, "sigma": scale, "lam": scale,
+                               "beta": beta, "box_low": 0.0, "box_high": 1.0, "draws": draws},
+                      "expected": {"mean": [m for m, _, _ in moments], "variance": [v for _, v, _ in moments]},
+                      "tolerance": {"abs_mean": [6 * math.sqrt(v / draws) for _, v, _ in moments],
+                                    "abs_variance": [6 * math.sqrt((m4 - v * v) / draws) for _, v, m4 in moments]},
+                      "note": "per coordinate, over draws of one anchor z; tolerances are 6 standard errors"})
+    return cases
+
+
 def build():
     rng = np.random.default_rng(20210216)
     cases = (infonce_cases(rng) + alignment_uniformity_cases(rng) + metric_cases(rng)
@@ -184,7 +388,11 @@ def build():
              + option_cases(np.random.default_rng(20260301), {"self_pair": True}, "with the self pair")
              + option_cases(np.random.default_rng(20261201), {"form": "official"},
                             "the reference code's form")
-             + whitening_cases(np.random.default_rng(20261202)))
+             + whitening_cases(np.random.default_rng(20261202))
+             + encode_vjp_cases(np.random.default_rng(20261203))
+             + adam_cases(np.random.default_rng(20261204)) + schedule_cases()
+             + train_step_cases(np.random.default_rng(20261205))
+             + hard_infonce_cases(np.random.default_rng(20261206)) + box_sampler_cases())
     return {"version": VERSION, "generator": "python conformance/generate.py", "cases": cases}
 
 
