@@ -1444,6 +1444,14 @@ def test_conformance_vectors_are_up_to_date_and_deterministic():
         "conformance/vectors.json is out of date; run python conformance/generate.py")
 
 
+def test_independent_torch_port_passes_every_case(capsys):
+    """conformance/check_torch.py: PyTorch's autograd for every gradient, Adam written
+    out, torch's random numbers for the samplers; all cases, float64."""
+    pytest.importorskip("torch")
+    assert load_conformance_module("check_torch").main(VECTORS) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.strip().endswith(" passed, 0 failed")
+
+
 def test_every_mutant_of_the_numpy_port_fails_a_named_case():
     """conformance/mutants.py: eight bugs ports commonly have, each put into the NumPy
     port alone; each must fail at least one case, and the case that caught it is named."""

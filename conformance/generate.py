@@ -339,7 +339,7 @@ def hard_infonce_cases(rng):
                       "expected": {"value": C.infonce(*args), "grad_h": as_list(grad(C.infonce, 0)(*args)),
                                    "grad_h_tilde": as_list(grad(C.infonce, 1)(*args))},
                       "tolerance": {"abs": 1e-12 / min(tau, 1.0), "rel": 1e-12},
-                      "note": "largest |S| %.0f; the absolute tolerance is 1e-12 / tau" % np.max(
+                      "note": "largest abs(S) %.0f; the absolute tolerance is 1e-12 / tau" % np.max(
                           np.abs(C.similarity_matrix(h, h_tilde, tau, p)))})
     return cases
 
