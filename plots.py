@@ -376,16 +376,18 @@ def plot_ladder(results_dir):
                              layout="constrained")
     for k, name in enumerate(names):
         own = [r for r in rows if r["row"] == name]
-        rungs = list(dict.fromkeys(r["rung"] for r in own))
+        import train
+        present = {r["rung"] for r in own}
+        rungs = [name for name in ("preset", *train.DEPARTURES, "official") if name in present]
         bars = parse_bars(train_bars(name))
         metric, _, threshold = bars[0] if bars else ("r2", ">=", None)
         top, bottom = axes[0, k], axes[1, k]
         for r in own:
-            x = rungs.index(r["rung"]) + (int(r["seed"]) % 10 - 1) * 0.12
+            x = rungs.index(r["rung"]) + (int(r["seed"]) % 10 - 1) * 0.12   # seeds side by side
             color = "tab:blue" if r["finished"] == "True" else "tab:gray"
             top.plot(x, float(r[metric]), "o", color=color, ms=5)
             reached = r["pairs_to_bar"] not in ("", None)
-            share = float(r["pairs_to_bar"]) / float(r["pairs"]) if reached else 1.1
+            share = float(r["pairs_to_bar"]) / float(r["budget"]) if reached else 1.1
             bottom.plot(x, share, "o", color=color, ms=5, mfc=color if reached else "none")
         if threshold is not None:
             top.axhline(threshold, color="tab:red", lw=1, ls="--", label=f"bar {metric} {threshold:g}")

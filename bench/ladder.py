@@ -49,7 +49,7 @@ ENCODER_ROWS = tuple(name for name in train.GRID_PRESETS if name not in ROWS and
 ENCODER_SEEDS = (1000,)
 EVALUATIONS, EVAL_GROWTH = 50, 0.02
 SETS = ("ladder", "encoder")
-COLUMNS = ["set", "row", "rung", "seed", "finished", "met", "r2", "mcc", "pairs_to_bar", "pairs",
+COLUMNS = ["set", "row", "rung", "seed", "finished", "met", "r2", "mcc", "pairs_to_bar", "pairs", "budget",
            "steps", "batch_size", "seconds", "seconds_per_step", "changes"]
 
 
@@ -150,7 +150,8 @@ def run_record(job):
     return {"set": set_name, "row": row, "rung": rung, "seed": seed, "finished": metrics is not None,
             "met": train.bars_met(preset, last), "r2": last["r2"], "mcc": last["mcc"],
             "pairs_to_bar": None if reached is None else int(reached * cfg.batch_size),
-            "pairs": steps * cfg.batch_size, "steps": steps, "batch_size": cfg.batch_size,
+            "pairs": steps * cfg.batch_size, "budget": cfg.steps * cfg.batch_size, "steps": steps,
+            "batch_size": cfg.batch_size,
             "seconds": last["seconds"], "seconds_per_step": last["seconds"] / max(steps, 1),
             "changes": changes or "-"}
 
@@ -247,7 +248,7 @@ def ladder_markdown(records, jobs, command):
                     + f" | {sum(r['met'] for r in done)}/{len(done)} | "
                     f"{_median_range([r['r2'] for r in done], lambda v: f'{v:.3f}')} | "
                     f"{_median_range([r['mcc'] for r in done], lambda v: f'{v:.3f}')} | "
-                    f"{pairs_cell(done) if done else '-'} | {_millions(runs[0]['pairs'] if done else 0)} | "
+                    f"{pairs_cell(done) if done else '-'} | {_millions(runs[0]['budget'])} | "
                     f"{_median_range([r['seconds_per_step'] for r in done], lambda v: f'{v:.3f}')} | "
                     f"{_median_range([r['seconds'] for r in done], lambda v: f'{v:.0f}')} | "
                     f"{'' if read is None else f'{read[0]}: {read[1]}'} |")
