@@ -964,8 +964,8 @@ def test_cli_resume_reads_the_saved_configuration(tmp_path):
         assert got[key] == whole[key], f"resumed {key} {got[key]} != uninterrupted {whole[key]}"
 
 
-@pytest.mark.parametrize("flag,field,saved,given", [
-    (["--steps", "50"], "steps", "30", "50"), (["--lr", "0.01"], "lr", "0.003", "0.01"),
+@pytest.mark.parametrize("flag,field,saved,given", [   # a raised --steps continues the run (below)
+    (["--steps", "10"], "steps", "30", "10"), (["--lr", "0.01"], "lr", "0.003", "0.01"),
     (["--preset", "sphere_vmf"], "preset", "box_laplace_l1", "sphere_vmf"),
 ])
 def test_cli_resume_refuses_a_flag_that_contradicts_the_saved_run(tmp_path, flag, field, saved, given):
@@ -984,6 +984,7 @@ def test_cli_resume_with_a_saved_configuration_and_a_damaged_checkpoint(tmp_path
             "--eval-every", "10", "--eval-size", "64", "--supervised-steps", "0", "--no-plots",
             "--steps", "30", "--out", "run"]
     assert run_cli(args, tmp_path).returncode == 0
+    (tmp_path / "run" / "metrics.json").unlink()     # as a run interrupted before its end
     path = tmp_path / "run" / "checkpoint.npz"
     path.write_bytes(path.read_bytes()[:200])
     result = run_cli(["--out", "run", "--resume"], tmp_path)

@@ -976,6 +976,26 @@ def grid_rows(runs, results, out_root):
     return rows
 
 
+def add_study_arguments(parser, out):
+    """The options a resumable study script shares (bench/recovery_cost.py, bench/ladder.py):
+    --jobs, --threads, --out (default `out`), --results and --report."""
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--threads", type=int,
+                        help="BLAS threads of each run (default: the cores shared among the jobs)")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                          "results"))
+    parser.add_argument("--report", action="store_true", help="write the reports, train nothing")
+
+
+def check_study_arguments(args):
+    """SystemExit naming --jobs or --threads when it is below 1."""
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be an integer >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be an integer >= 1, got {args.threads}")
+
+
 def run_in_pool(worker, jobs, processes, threads=None):
     """[worker(job) for job in jobs] in `processes` fresh interpreters that share
     the cores (each gets `threads` BLAS threads, by default cores // processes). SIGINT and SIGTERM ask
@@ -1385,7 +1405,8 @@ def differences_table(results_dir=None):
     lines.append("| data, mixing, head, tau | the preset's (kept) | the paper's row |")
     measured = reference_seconds_per_step(results_dir)
     lines.append("| seconds per step, one core | " + (
-        f"{measured[0]:.2f} (median of {measured[1]} runs, results/ladder.md)" if measured
+        f"{measured[0]:.2f} (median of {measured[1]} run{'s' if measured[1] > 1 else ''}, "
+        "results/ladder.md)" if measured
         else "not measured yet (results/ladder.md)") + " | s/run in the grid table |")
     return lines
 

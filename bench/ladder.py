@@ -293,17 +293,9 @@ def main(argv=None):
     parser.add_argument("--rows", help="comma-separated rows to train (default: the set's)")
     parser.add_argument("--rungs", help="comma-separated rungs to train (default: all)")
     parser.add_argument("--seeds", help="comma-separated seeds to train (default: the set's)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--threads", type=int,
-                        help="BLAS threads of each run (default: the cores shared among the jobs)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "results", "ladder", "runs"))
-    parser.add_argument("--results", default=os.path.join(ROOT, "results"))
-    parser.add_argument("--report", action="store_true", help="write the reports, train nothing")
+    train.add_study_arguments(parser, os.path.join(ROOT, "results", "ladder", "runs"))
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be an integer >= 1, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"--threads must be an integer >= 1, got {args.threads}")
+    train.check_study_arguments(args)
     all_rows = (*ROWS, *ENCODER_ROWS)
     rows = _names(args.rows, all_rows, "rows") if args.rows else None
     rung_names = _names(args.rungs, ["preset", *train.DEPARTURES, "official"], "rungs") if args.rungs else None

@@ -485,12 +485,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", default="study", choices=[*SETS, "all"],
                         help="which points to train (default: study)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--threads", type=int,
-                        help="BLAS threads of each run (default: the cores shared among the jobs)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "results", "cost", "runs"))
-    parser.add_argument("--results", default=os.path.join(ROOT, "results"))
-    parser.add_argument("--report", action="store_true", help="write the reports, train nothing")
+    train.add_study_arguments(parser, os.path.join(ROOT, "results", "cost", "runs"))
     parser.add_argument("--register", nargs="?", const="held-out", choices=list(REGISTERED),
                         help="register the predictions of a held-out set (default held-out) "
                              "from the current fit")
@@ -514,10 +509,7 @@ def main(argv=None):
         return predict(args.results, n, kappa)
     if args.register:
         return register(args.results, args.register)
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be an integer >= 1, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"--threads must be an integer >= 1, got {args.threads}")
+    train.check_study_arguments(args)
     base = BASE.replace(**{k: tuple(v) if k == "widths" else v for k, v in args.base.items()})
     names = list(SETS) if args.set == "all" else [args.set]
     jobs = study_jobs(list(SETS), args.out, args.seeds, base)
