@@ -21,7 +21,7 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 
 SPACES = ("sphere", "box", "unbounded")
 MARGINALS = ("uniform", "normal", "laplace", "gennorm")
-CONDITIONALS = ("vmf", "normal", "laplace", "gennorm")
+CONDITIONALS = ("vmf", "normal", "laplace", "gennorm", "restricted_vmf")
 HEADS = ("sphere", "box", "none")
 LOSS_FORMS = ("paper", "official")
 DTYPES = ("float32", "float64")
@@ -42,8 +42,10 @@ class Config:
     marginal: str = "uniform"      # p(z): "uniform" | "normal" | "laplace" | "gennorm"
     marginal_scale: float = 1.0    # scale m of a non-uniform marginal
     marginal_beta: float = 2.0     # shape of a generalised-normal marginal
-    conditional: str = "vmf"       # p(z_tilde|z): "vmf" | "normal" | "laplace" | "gennorm"
+    conditional: str = "vmf"       # p(z_tilde|z): "vmf" | "normal" | "laplace" | "gennorm" |
+                                   # "restricted_vmf" (keeps the first `kept` coordinates)
     kappa: float = 1.0             # vMF concentration
+    kept: int = 1                  # restricted_vmf: coordinates of z the positive keeps
     sigma: float = 0.05            # Normal conditional: standard deviation
     lam: float = 0.05              # Laplace / generalised normal conditional: scale
     beta: float = 3.0              # generalised normal conditional: shape
@@ -113,8 +115,13 @@ def check_config(cfg):
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
     if not isinstance(cfg.n, (int, np.integer)) or cfg.n < 2:
         raise ValueError(f"n (latent dimension N) must be an integer >= 2, got {cfg.n!r}")
-    if cfg.conditional == "vmf" and cfg.space != "sphere":
-        raise ValueError(f"conditional 'vmf' is only defined on the sphere, got space {cfg.space!r}")
+    if cfg.conditional in ("vmf", "restricted_vmf") and cfg.space != "sphere":
+        raise ValueError(f"conditional {cfg.conditional!r} is only defined on the sphere, "
+                         f"got space {cfg.space!r}")
+    if cfg.conditional == "restricted_vmf" and not (
+            isinstance(cfg.kept, (int, np.integer)) and 1 <= cfg.kept <= cfg.n - 2):
+        raise ValueError(f"kept must be an integer from 1 to n - 2 = {cfg.n - 2} (the vMF part needs "
+                         f"a sphere of at least 2 coordinates), got {cfg.kept!r}")
     if cfg.marginal == "uniform" and cfg.space == "unbounded":
         raise ValueError("marginal 'uniform' is not defined on the unbounded space R^N; "
                          "use normal, laplace or gennorm")
@@ -257,6 +264,15 @@ def _wood_cosines(batch, n, kappa, rng):
     return w
 
 
+def sample_restricted_vmf(z, kept, kappa, rng):
+    """(B, N) unit rows z -> (B, N): the positive keeps u = z[:, :kept] and draws the
+    rest as r w, r = ||v|| = sqrt(1 - ||u||²), w ~ vMF(v / r, kappa) on the unit
+    sphere of the other N - kept coordinates (README §2, restricted support)."""
+    u, v = z[:, :kept], z[:, kept:]
+    r = np.sqrt(np.sum(v * v, axis=1, keepdims=True))
+    return np.concatenate([u, r * sample_vmf(v / r, kappa, rng)], axis=1)
+
+
 def sample_marginal(cfg, batch, rng):
     """(batch, N) draws of p(z): uniform, or a Normal / Laplace / generalised normal
     with scale m around the centre eta (e_1 on the sphere, 0 elsewhere), projected
@@ -284,6 +300,8 @@ def sample_conditional(cfg, z, rng):
     """(B, N) -> (B, N): one draw of p(z_tilde | z) per row (README §2)."""
     if cfg.conditional == "vmf":
         return sample_vmf(z, cfg.kappa, rng)
+    if cfg.conditional == "restricted_vmf":
+        return sample_restricted_vmf(z, cfg.kept, cfg.kappa, rng)
 
     def draw(shape):
         return sample_noise(cfg.conditional, shape, rng, sigma=cfg.sigma, lam=cfg.lam, beta=cfg.beta)

@@ -1194,7 +1194,7 @@ OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "step
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
              "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
-             "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples")
+             "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples", "kept")
 
 
 def make_parser():
@@ -1252,7 +1252,9 @@ def make_parser():
     data.add_argument("--space", help="sphere, box or unbounded")
     data.add_argument("--marginal", help="p(z): uniform, normal, laplace or gennorm")
     data.add_argument("--marginal-scale", type=float, help="scale m of a non-uniform marginal")
-    data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace or gennorm")
+    data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace, gennorm or "
+                      "restricted_vmf (keeps the first --kept coordinates of z)")
+    data.add_argument("--kept", type=int, help="restricted_vmf: coordinates the positive keeps (1)")
     data.add_argument("--n", type=int, help="latent dimension N")
     data.add_argument("--kappa", type=float, help="vMF concentration of the conditional")
     data.add_argument("--lam", type=float, help="Laplace / generalised normal conditional scale")

@@ -1,0 +1,107 @@
+"""Where the theory ends (results/boundaries.md): restricted support as a number.
+
+python bench/boundaries.py --theorem [--pairs 20000] [--seed 0]
+    the asymptotic loss (alignment + uniformity, README §5) of
+    h_lambda(u, v) = (u, lambda v) / ||(u, lambda v)|| on the sphere S² (N = 3, u the
+    first coordinate, tau = 0.3, kappa = 1 / tau) for lambda around 1, under the
+    restricted conditional (the positive keeps u) and the full-support vMF, and
+    the slope and curvature of that loss at lambda = 1 with their standard errors.
+
+With full support the identity (lambda = 1) minimises the loss (Theorem 1): slope 0,
+curvature > 0. With restricted support no orthogonal map does (Zaliaduonis et al.,
+Theorem 4.5): the slope at lambda = 1 is > 0, so a lambda below 1 scores lower.
+
+The loss is a mean over pairs (z, z_tilde) of
+    l(lambda) = -h(z)·h(z_tilde) / tau + log E_{z-}[exp(h(z-)·h(z_tilde) / tau)],
+the inner expectation over z- uniform on S² computed by quadrature (Gauss-Legendre in
+z_1, which is uniform on [-1, 1] on S², times equal steps in the angle), so each term
+is exact up to the quadrature and the only noise is the sampling of the pairs: the
+slope's and the curvature's standard errors are those of a mean of per-pair values.
+"""
+import argparse
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np  # noqa: E402
+
+import clref as C  # noqa: E402
+
+TAU, KEPT = 0.3, 1
+LAMBDAS = (0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1)
+
+
+def h_lambda(z, lam, kept=KEPT):
+    """(u, lambda v) / ||(u, lambda v)||: the map that Theorem 4.5 compares with the identity."""
+    return C.normalize(np.concatenate([z[:, :kept], lam * z[:, kept:]], axis=1))
+
+
+def sphere_quadrature(k_t=64, k_phi=128):
+    """(nodes (Q, 3), weights (Q,)) with Σ weights f(nodes) ≈ E f(z), z uniform on S²:
+    z_1 = t is uniform on [-1, 1] (Archimedes), Gauss-Legendre in t, k_phi equal angles."""
+    t, w = np.polynomial.legendre.leggauss(k_t)
+    phi = 2 * np.pi * (np.arange(k_phi) + 0.5) / k_phi
+    t_grid, phi_grid = np.meshgrid(t, phi, indexing="ij")
+    ring = np.sqrt(1 - t_grid ** 2)
+    nodes = np.stack([t_grid, ring * np.cos(phi_grid), ring * np.sin(phi_grid)], axis=-1).reshape(-1, 3)
+    return nodes, np.repeat(w / 2, k_phi) / k_phi
+
+
+def pair_losses(z, z_tilde, lam, tau=TAU, quadrature=None):
+    """(B,) the per-pair terms of the asymptotic loss of h_lambda (README §5)."""
+    nodes, weights = quadrature or sphere_quadrature()
+    h, h_tilde, h_minus = h_lambda(z, lam), h_lambda(z_tilde, lam), h_lambda(nodes, lam)
+    uniformity = np.empty(len(z))
+    for start in range(0, len(z), 1000):          # 1000 x Q scores at a time
+        scores = h_tilde[start:start + 1000] @ h_minus.T / tau
+        top = scores.max(axis=1)
+        uniformity[start:start + 1000] = top + np.log(np.exp(scores - top[:, None]) @ weights)
+    return -np.sum(h * h_tilde, axis=1) / tau + uniformity
+
+
+def theorem_4_5(conditional, pairs=20000, seed=0, delta=0.02, lambdas=LAMBDAS):
+    """{"losses": mean loss at each lambda minus the loss at 1, "slope", "slope_se",
+    "curvature", "curvature_se"}: central differences at lambda = 1 with step delta,
+    per pair, and the standard errors of their means."""
+    cfg = C.check_config(C.Config(n=3, conditional=conditional, kept=KEPT, kappa=1 / TAU))
+    g = np.random.default_rng(seed)
+    z = C.sample_uniform_sphere(pairs, 3, g)
+    z_tilde = C.sample_conditional(cfg, z, g)
+    quadrature = sphere_quadrature()
+    at = {lam: pair_losses(z, z_tilde, lam, quadrature=quadrature) for lam in (*lambdas, 1 - delta, 1 + delta)}
+    slope = (at[1 + delta] - at[1 - delta]) / (2 * delta)
+    curvature = (at[1 + delta] + at[1 - delta] - 2 * at[1.0]) / delta ** 2
+
+    def mean_se(v):
+        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+    (s, s_se), (c, c_se) = mean_se(slope), mean_se(curvature)
+    return {"losses": {lam: float(np.mean(at[lam] - at[1.0])) for lam in lambdas},
+            "slope": s, "slope_se": s_se, "curvature": c, "curvature_se": c_se}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--theorem", action="store_true", help="print Theorem 4.5 as a number")
+    parser.add_argument("--pairs", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not args.theorem:
+        parser.error("say --theorem")
+    if args.pairs < 10:
+        raise SystemExit(f"--pairs must be an integer >= 10, got {args.pairs}")
+    print(f"N = 3, tau = {TAU}, kappa = 1/tau, u = z_1 kept by the restricted conditional; "
+          f"{args.pairs} pairs, seed {args.seed}")
+    print("loss(lambda) - loss(1) at lambda = " + ", ".join(f"{lam:g}" for lam in LAMBDAS))
+    for conditional, name in (("vmf", "full support"), ("restricted_vmf", "restricted")):
+        r = theorem_4_5(conditional, args.pairs, args.seed)
+        print(f"{name:>12}: " + " ".join(f"{v:+.5f}" for v in r["losses"].values())
+              + f"; slope at 1 {r['slope']:+.4f} ± {r['slope_se']:.4f}, "
+              f"curvature {r['curvature']:+.3f} ± {r['curvature_se']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
