@@ -21,7 +21,7 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 
 SPACES = ("sphere", "box", "unbounded")
 MARGINALS = ("uniform", "normal", "laplace", "gennorm")
-CONDITIONALS = ("vmf", "normal", "laplace", "gennorm", "restricted_vmf")
+CONDITIONALS = ("vmf", "normal", "laplace", "gennorm", "restricted_vmf", "aniso_normal")
 HEADS = ("sphere", "box", "none")
 LOSS_FORMS = ("paper", "official")
 DTYPES = ("float32", "float64")
@@ -46,6 +46,7 @@ class Config:
                                    # "restricted_vmf" (keeps the first `kept` coordinates)
     kappa: float = 1.0             # vMF concentration
     kept: int = 1                  # restricted_vmf: coordinates of z the positive keeps
+    precisions: tuple = None       # aniso_normal: the precision Λ_k of each coordinate's noise
     sigma: float = 0.05            # Normal conditional: standard deviation
     lam: float = 0.05              # Laplace / generalised normal conditional: scale
     beta: float = 3.0              # generalised normal conditional: shape
@@ -68,6 +69,9 @@ class Config:
     p: float = None                # None: dot-product similarity; p >= 1: -||a-b||_p^p
     self_pair: bool = False        # add the anchor paired with itself to each row (README §5)
     self_pair_until: int = None    # with self_pair: drop it from this step on (None: never)
+    learn_precision: bool = False  # the anisotropic similarity -½ (a-b)ᵀ diag(Λ̂) (a-b) with a
+                                   # learned Λ̂ = softplus(λ), on the outputs (needs p = 2)
+    precision_lr: float = None     # λ's peak rate, following the schedule (None: lr)
     loss_form: str = "paper"       # "paper" | "official": the reference code's row (README §5)
     # optimisation
     batch_size: int = 1024
@@ -94,11 +98,14 @@ class Config:
         return Config(**{**asdict(self), **changes})
 
     def to_dict(self):
-        return {**asdict(self), "widths": list(self.widths)}
+        return {**asdict(self), "widths": list(self.widths),
+                "precisions": None if self.precisions is None else list(self.precisions)}
 
     @staticmethod
     def from_dict(d):
-        return Config(**{**d, "widths": tuple(d["widths"])})
+        precisions = d.get("precisions")
+        return Config(**{**d, "widths": tuple(d["widths"]),
+                         "precisions": None if precisions is None else tuple(precisions)})
 
 
 def _positive(name, value):
@@ -118,6 +125,18 @@ def check_config(cfg):
     if cfg.conditional in ("vmf", "restricted_vmf") and cfg.space != "sphere":
         raise ValueError(f"conditional {cfg.conditional!r} is only defined on the sphere, "
                          f"got space {cfg.space!r}")
+    if cfg.conditional == "aniso_normal":
+        if cfg.space != "sphere":
+            raise ValueError(f"conditional 'aniso_normal' is only defined on the sphere, got space {cfg.space!r}")
+        if (cfg.precisions is None or len(cfg.precisions) != cfg.n
+                or not all(math.isfinite(v) and v > 0 for v in cfg.precisions)):
+            raise ValueError(f"precisions must hold n = {cfg.n} finite numbers > 0 (one per "
+                             f"coordinate), got {cfg.precisions!r}")
+    if cfg.learn_precision and cfg.p != 2:
+        raise ValueError(f"learn_precision scales the outputs of the p = 2 similarity; p must be 2, "
+                         f"got {cfg.p!r}")
+    if cfg.precision_lr is not None:
+        _positive("precision_lr", cfg.precision_lr)
     if cfg.conditional == "restricted_vmf" and not (
             isinstance(cfg.kept, (int, np.integer)) and 1 <= cfg.kept <= cfg.n - 2):
         raise ValueError(f"kept must be an integer from 1 to n - 2 = {cfg.n - 2} (the vMF part needs "
@@ -273,6 +292,32 @@ def sample_restricted_vmf(z, kept, kappa, rng):
     return np.concatenate([u, r * sample_vmf(v / r, kappa, rng)], axis=1)
 
 
+def linear_precisions(n, low=5.0, high=25.0):
+    """Λ evenly spaced from low to high over the n coordinates (README §2, "linear")."""
+    return tuple(float(v) for v in np.linspace(low, high, n))
+
+
+def bimodal_precisions(n, high=25.0, low=5.0):
+    """Λ = high on the first n // 2 coordinates, low on the rest (README §2, "bimodal")."""
+    return tuple(high if k < n // 2 else low for k in range(n))
+
+
+def sample_aniso_normal(z, precisions, rng, band=0.1, max_rounds=10000):
+    """(B, N) unit rows z -> (B, N): z + delta with delta ~ Normal(0, diag(Λ)⁻¹), a row
+    drawn again until | 1 - ||z + delta|| | < band, then put back on the sphere
+    (README §2, anisotropic conditional)."""
+    scale = 1.0 / np.sqrt(np.asarray(precisions, dtype=float))
+    out = z + scale * rng.standard_normal(z.shape)
+    for _ in range(max_rounds):
+        bad = np.abs(1.0 - np.linalg.norm(out, axis=1)) >= band
+        count = int(bad.sum())
+        if count == 0:
+            return normalize(out)
+        out[bad] = z[bad] + scale * rng.standard_normal((count, z.shape[1]))
+    raise ValueError(f"the anisotropic conditional found no draw within {band} of the sphere "
+                     f"after {max_rounds} rounds; the precisions are too small")
+
+
 def sample_marginal(cfg, batch, rng):
     """(batch, N) draws of p(z): uniform, or a Normal / Laplace / generalised normal
     with scale m around the centre eta (e_1 on the sphere, 0 elsewhere), projected
@@ -302,6 +347,8 @@ def sample_conditional(cfg, z, rng):
         return sample_vmf(z, cfg.kappa, rng)
     if cfg.conditional == "restricted_vmf":
         return sample_restricted_vmf(z, cfg.kept, cfg.kappa, rng)
+    if cfg.conditional == "aniso_normal":
+        return sample_aniso_normal(z, cfg.precisions, rng)
 
     def draw(shape):
         return sample_noise(cfg.conditional, shape, rng, sigma=cfg.sigma, lam=cfg.lam, beta=cfg.beta)
@@ -402,7 +449,7 @@ def sample_whitening_stage(cfg, mixing, rng):
 
 
 def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius=False,
-                 identity_init=True, uniform_bias=False, stage=None):
+                 identity_init=True, uniform_bias=False, stage=None, learn_precision=False):
     """Parameters of the MLP N -> widths -> N: {"layers": [(W, b), ...]}, plus
     "bound" (N,) for the box head, "radius" () for a learned sphere radius and,
     given a stage (mean, matrix) of `whitening_stage`, the fixed "whiten" stage.
@@ -427,6 +474,8 @@ def init_encoder(n, widths, head, rng, dtype="float32", radius=1.0, learn_radius
         params["radius"] = np.asarray(radius, dtype=dtype)
     if stage is not None:
         params["whiten"] = {"mean": np.asarray(stage[0], dtype), "matrix": np.asarray(stage[1], dtype)}
+    if learn_precision:        # λ of the anisotropic similarity, Λ̂ = softplus(λ) (README §5)
+        params["precision"] = (0.1 * rng.standard_normal(n)).astype(dtype)
     return params
 
 
@@ -1030,10 +1079,19 @@ def held_out_scores(z_fit, h_fit, z_eval, h_eval):
 # Objectives, optimiser and one training step
 # ----------------------------------------------------------------------------
 
+def precision_scale(precision):
+    """sqrt(Λ̂ / 2), Λ̂ = softplus(λ): outputs scaled by it make the p = 2 similarity
+    -||a - b||² the anisotropic one, -½ (a - b)ᵀ diag(Λ̂) (a - b) (README §5)."""
+    return anp.sqrt(anp.logaddexp(0.0, precision) / 2.0)
+
+
 def contrastive_objective(params, x, x_tilde, cfg):
     """InfoNCE of the encoder on a batch of positive pairs; both views go through
-    the encoder in one stacked forward pass."""
+    the encoder in one stacked forward pass. With a learned precision the outputs
+    are scaled by precision_scale before the (p = 2) similarity."""
     h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
+    if "precision" in params:
+        h_both = h_both * precision_scale(params["precision"])
     h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
     return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair, cfg.loss_form)
 
@@ -1088,7 +1146,8 @@ def encoder_from_vector(cfg, vector):
     ValueError if the vector has another length."""
     placeholder = (np.zeros(cfg.n), np.eye(cfg.n)) if cfg.whiten else None
     template = init_encoder(cfg.n, cfg.widths, cfg.head, np.random.default_rng(0), cfg.dtype,
-                            cfg.radius, cfg.learn_radius, stage=placeholder)
+                            cfg.radius, cfg.learn_radius, stage=placeholder,
+                            learn_precision=cfg.learn_precision)
     leaves = parameter_leaves(template)
     if np.size(vector) != sum(a.size for a in leaves):
         raise ValueError(f"{np.size(vector)} numbers do not fit the encoder of this "
@@ -1107,13 +1166,17 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step, Algorithm 1 of Kingma & Ba (2015; README §5), as PyTorch writes it:
     w <- w - lr m_hat / (sqrt(v_hat) + eps), eps added after the bias correction of
     v; returns new (params, state). `grads` is a tree shaped like `params` or the
-    list of its leaves in the order of `parameter_leaves`. `params` is left
+    list of its leaves in the order of `parameter_leaves`; `lr` is one rate, or one
+    per leaf in that order. `params` is left
     untouched; the moment buffers of `state` are updated in place (they belong to
     the optimiser)."""
     t = state["t"] + 1
-    step, v_scale = lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t)
+    v_scale = 1 / math.sqrt(1 - b2 ** t)
+    leaves = parameter_leaves(params)
+    rates = lr if isinstance(lr, (list, tuple)) else [lr] * len(leaves)
     new = []
-    for w, g, m, v in zip(parameter_leaves(params), parameter_leaves(grads), state["m"], state["v"]):
+    for w, g, m, v, rate in zip(leaves, parameter_leaves(grads), state["m"], state["v"], rates):
+        step = rate / (1 - b1 ** t)
         scratch = np.empty_like(w)
         m *= b1                                  # m <- b1 m + (1 - b1) g
         m += np.multiply(g, 1 - b1, out=scratch)
@@ -1151,6 +1214,15 @@ def self_pair_active(cfg, step):
     return cfg.self_pair and (cfg.self_pair_until is None or step < cfg.self_pair_until)
 
 
+def leaf_rates(free, cfg, lr):
+    """lr, or one rate per leaf when the precision λ has a rate of its own: its
+    share cfg.precision_lr / cfg.lr of the schedule's rate (README §5)."""
+    if cfg.precision_lr is None or "precision" not in free:
+        return lr
+    own = {key: lr * cfg.precision_lr / cfg.lr if key == "precision" else lr for key in free}
+    return [rate for key in sorted(free) for rate in [own[key]] * len(parameter_leaves(free[key]))]
+
+
 def train_step(objective, params, state, batch, cfg, lr):
     """One optimisation step of `objective(params, *batch, cfg)`; returns
     (loss, params, state). The gradient is taken with respect to the flat list of
@@ -1163,5 +1235,5 @@ def train_step(objective, params, state, batch, cfg, lr):
     def of_leaves(leaves):
         return objective({**with_leaves(free, iter(leaves)), **fixed}, *batch, cfg)
     loss, grads = value_and_grad(of_leaves)(parameter_leaves(free))
-    free, state = adam_update(free, grads, state, lr)
+    free, state = adam_update(free, grads, state, leaf_rates(free, cfg, lr))
     return float(loss), {**free, **fixed}, state

@@ -2012,3 +2012,99 @@ def test_theorem_4_5_as_a_number_restricted_support_moves_the_minimum_below_lamb
     assert abs(full["slope"]) < 2 * full["slope_se"] < restricted["slope"] / 5, (full, restricted)
     assert full["curvature"] > 10 * full["curvature_se"], full
     assert all(value >= 0 for value in full["losses"].values()), full["losses"]
+
+
+# ----------------------------------------------------------------------------
+# Anisotropic conditionals and the learned precision (README §2, §5)
+# ----------------------------------------------------------------------------
+
+def test_aniso_normal_draws_unit_vectors_whose_spread_follows_the_precisions():
+    """Around the anchor e_1, the tangential coordinates of z_tilde have variances in the
+    ratio of 1 / Λ_k (the normalisation scales them all alike)."""
+    n = 6
+    precisions = C.linear_precisions(n)
+    cfg = C.check_config(C.Config(n=n, conditional="aniso_normal", precisions=precisions))
+    z = np.tile(np.eye(n)[0], (40000, 1))
+    z_tilde = C.sample_conditional(cfg, z, rng(42))
+    assert np.allclose(np.linalg.norm(z_tilde, axis=1), 1.0)
+    scaled = z_tilde[:, 1:].var(axis=0) * np.array(precisions[1:])
+    assert np.allclose(scaled / scaled.mean(), 1.0, atol=0.05), scaled
+    assert C.bimodal_precisions(4) == (25.0, 25.0, 5.0, 5.0)
+    assert C.linear_precisions(3) == (5.0, 15.0, 25.0)
+
+
+def test_aniso_normal_rejects_draws_far_from_the_sphere_and_says_when_it_cannot():
+    """A draw is kept only when | 1 - ||z + delta|| | < 0.1: with Λ = 1e-4 (noise of sd 100)
+    almost none is, and the sampler stops with an error naming the cause."""
+    with pytest.raises(ValueError, match="precisions are too small"):
+        C.sample_aniso_normal(np.tile(np.eye(5)[0], (50, 1)), (1e-4,) * 5, rng(43), max_rounds=5)
+    with pytest.raises(ValueError, match="precisions must hold n = 3"):
+        C.check_config(C.Config(n=3, conditional="aniso_normal", precisions=(1.0, 2.0)))
+
+
+@pytest.mark.parametrize("self_pair", [False, True])
+def test_learned_precision_gradient_equals_finite_differences(self_pair):
+    from autograd import grad
+    from autograd.misc import flatten
+    # rng(1), as the other gradient tests: with rng(44) an output of the MLP lies near 0, where
+    # the sphere head curves so sharply that central differences with eps 1e-5 miss by 1.1e-4
+    # (1.1e-6 with eps 1e-6: the error falls as eps², the truncation of the differences)
+    g = rng(1)
+    cfg = C.check_config(C.Config(n=3, widths=(5, 4), head="sphere", p=2, tau=1.0, learn_precision=True,
+                                  self_pair=self_pair, dtype="float64"))
+    params = C.init_encoder(3, cfg.widths, "sphere", g, "float64", learn_precision=True)
+    params["precision"] = np.array([-1.0, 0.5, 2.0])
+    x, x_tilde = g.standard_normal((6, 3)), g.standard_normal((6, 3))
+    flat, unflatten = flatten(params)
+    auto = flatten(grad(C.contrastive_objective)(params, x, x_tilde, cfg))[0]
+    numeric = finite_difference_gradient(lambda t: C.contrastive_objective(unflatten(t), x, x_tilde, cfg), flat)
+    assert np.linalg.norm(auto - numeric) / np.linalg.norm(numeric) <= 1e-6
+    assert np.linalg.norm(grad(C.contrastive_objective)(params, x, x_tilde, cfg)["precision"]) > 0
+
+
+@pytest.mark.parametrize("c", [0.7, 3.0, 12.0])
+def test_equal_learned_precisions_are_the_dot_product_loss_on_the_sphere(c):
+    """README §5: on the unit sphere -½ c ||a - b||² = c aᵀb - c, and the constant
+    cancels in every row, so Λ̂ = c 1 at tau 1 is the dot-product loss at tau = 1 / c."""
+    g = rng(45)
+    cfg = C.Config(n=4, widths=(9, 9), head="sphere", p=2, tau=1.0, learn_precision=True, dtype="float64")
+    params = C.init_encoder(4, cfg.widths, "sphere", g, "float64", learn_precision=True)
+    params["precision"] = np.full(4, math.log(math.expm1(c)))          # softplus⁻¹(c)
+    x, x_tilde = g.standard_normal((16, 4)), g.standard_normal((16, 4))
+    aniso = C.contrastive_objective(params, x, x_tilde, cfg)
+    plain = {k: v for k, v in params.items() if k != "precision"}
+    dot = C.contrastive_objective(plain, x, x_tilde, cfg.replace(p=None, tau=1 / c, learn_precision=False))
+    assert aniso == pytest.approx(dot, rel=1e-12, abs=1e-12)
+
+
+def test_the_learned_precision_takes_its_own_share_of_the_rate():
+    """leaf_rates gives λ the rate lr * precision_lr / lr and every other leaf lr; one Adam
+    step with those rates equals two steps taken with each rate alone on its leaves."""
+    g = rng(46)
+    cfg = C.Config(n=3, widths=(5,), head="sphere", p=2, learn_precision=True, lr=1e-3, precision_lr=5e-2,
+                   dtype="float64")
+    params = C.init_encoder(3, cfg.widths, "sphere", g, "float64", learn_precision=True)
+    rates = C.leaf_rates(params, cfg, 2e-4)
+    keys = [k for k in sorted(params) for _ in C.parameter_leaves(params[k])]
+    assert [r for k, r in zip(keys, rates) if k == "precision"] == [pytest.approx(1e-2)]
+    assert all(r == 2e-4 for k, r in zip(keys, rates) if k != "precision")
+    grads = [g.standard_normal(np.shape(w)) for w in C.parameter_leaves(params)]
+    both, _ = C.adam_update(params, grads, C.adam_init(params), rates)
+    alone = [C.adam_update(params, grads, C.adam_init(params), rate)[0] for rate in (2e-4, 1e-2)]
+    assert np.allclose(both["precision"], alone[1]["precision"])
+    assert np.allclose(both["layers"][0][0], alone[0]["layers"][0][0])
+
+
+def test_a_run_with_a_learned_precision_resumes_exactly(tmp_path):
+    import train
+    cfg = TINY.replace(conditional="aniso_normal", precisions=C.linear_precisions(3), p=2, tau=1.0,
+                       learn_precision=True, precision_lr=1e-2, supervised_steps=0)
+    whole = train.run(cfg, None, say=lambda line: None, baseline=False)
+    (tmp_path / "run").mkdir()
+    half = cfg.replace(steps=20)
+    train.run(half, str(tmp_path / "run"), say=lambda line: None, baseline=False)
+    state = train.load_checkpoint(str(tmp_path / "run"), half)
+    assert "precision" in state["params"]
+    train.write_json(str(tmp_path / "run" / "config.json"), {"preset": None, **cfg.to_dict()})
+    resumed = train.run(cfg, str(tmp_path / "run"), resume=True, say=lambda line: None, baseline=False)
+    assert (resumed["r2"], resumed["mcc"]) == (whole["r2"], whole["mcc"])

@@ -15,7 +15,6 @@ import math
 import os
 import shlex
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -739,7 +738,8 @@ def run(cfg, run_dir=None, preset=None, resume=False, say=print, baseline=True):
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, init_rng, cfg.cond_pool, cfg.cond_quantile)
     stage = C.sample_whitening_stage(cfg, mixing, stage_rng) if cfg.whiten else None
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, init_rng, cfg.dtype, cfg.radius,
-                            cfg.learn_radius, cfg.identity_init, cfg.uniform_bias, stage)
+                            cfg.learn_radius, cfg.identity_init, cfg.uniform_bias, stage,
+                            cfg.learn_precision)
     sets = C.evaluation_sets(cfg, mixing, eval_rng)
     stop_sets = C.evaluation_sets(cfg, mixing, stop_rng) if cfg.stop_r2 is not None else None
     if resume:
@@ -949,7 +949,7 @@ def grid_jobs(args, overrides, out_root):
     for name in args.only or GRID_PRESETS:
         preset = PRESETS[name]
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            cfg = C.check_config(preset.config.replace(**overrides, seed=seed))
+            cfg = C.check_config(with_named_precisions(preset.config.replace(**overrides, seed=seed)))
             runs.append((name, cfg, os.path.join(out_root, f"{name}-s{seed}")))
             if supervised_steps(cfg):
                 baselines.setdefault(baseline_dir(out_root, cfg), cfg)
@@ -1182,6 +1182,23 @@ def optional_float(text):
     return None if text.lower() == "none" else float(text)
 
 
+def precisions_value(text):
+    """'linear' | 'bimodal' | 'a,b,...' -> ('linear', ...) resolved against --n later."""
+    if text in ("linear", "bimodal"):
+        return text
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--precisions takes linear, bimodal or comma-separated "
+                                         f"numbers, got {text!r}")
+
+
+def with_named_precisions(cfg):
+    """cfg with --precisions linear or bimodal made into one precision per coordinate."""
+    named = {"linear": C.linear_precisions, "bimodal": C.bimodal_precisions}
+    return cfg.replace(precisions=named[cfg.precisions](cfg.n)) if cfg.precisions in named else cfg
+
+
 def widths_value(text):
     try:
         return tuple(int(w) for w in text.split(","))
@@ -1194,7 +1211,8 @@ OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "step
              "lr", "lr_final", "warmup", "n", "tau", "kappa", "lam", "sigma", "beta", "p", "head",
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
              "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
-             "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples", "kept")
+             "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples", "kept", "precisions",
+             "learn_precision", "precision_lr")
 
 
 def make_parser():
@@ -1255,6 +1273,9 @@ def make_parser():
     data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace, gennorm or "
                       "restricted_vmf (keeps the first --kept coordinates of z)")
     data.add_argument("--kept", type=int, help="restricted_vmf: coordinates the positive keeps (1)")
+    data.add_argument("--precisions", type=precisions_value,
+                      help="aniso_normal: the noise's precision per coordinate, as linear (5 to 25), "
+                           "bimodal (25 then 5) or N comma-separated numbers")
     data.add_argument("--n", type=int, help="latent dimension N")
     data.add_argument("--kappa", type=float, help="vMF concentration of the conditional")
     data.add_argument("--lam", type=float, help="Laplace / generalised normal conditional scale")
@@ -1270,6 +1291,9 @@ def make_parser():
     model.add_argument("--head", help="sphere, box or none")
     model.add_argument("--widths", type=widths_value, help="hidden widths, e.g. 128,128,128,128")
     model.add_argument("--radius", type=float, help="sphere head radius")
+    model.add_argument("--learn-precision", action=argparse.BooleanOptionalAction,
+                       help="the anisotropic similarity with a learned precision (needs --p 2)")
+    model.add_argument("--precision-lr", type=float, help="the learned precision's peak rate")
     model.add_argument("--learn-radius", action=argparse.BooleanOptionalAction,
                        help="learn the sphere head's radius")
     model.add_argument("--self-pair", action=argparse.BooleanOptionalAction,
@@ -1371,8 +1395,8 @@ def which_rows(values):
 
 
 def reference_seconds_per_step(results_dir=None):
-    """The median seconds of one step of the whole reference recipe (batch 6144) in
-    the ladder's finished runs (results/ladder.csv), with their count; None when none."""
+    """(fewest, most, count) seconds of one step of the whole reference recipe (batch
+    6144) in the ladder's finished runs (results/ladder.csv); None when none."""
     path = os.path.join(results_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         "ladder.csv")
     try:
@@ -1381,7 +1405,7 @@ def reference_seconds_per_step(results_dir=None):
                    if r["rung"] == "official" and r["finished"] == "True"]
     except FileNotFoundError:
         return None
-    return (statistics.median(got), len(got)) if got else None
+    return (min(got), max(got), len(got)) if got else None
 
 
 def differences_table(results_dir=None):
@@ -1407,8 +1431,8 @@ def differences_table(results_dir=None):
     lines.append("| data, mixing, head, tau | the preset's (kept) | the paper's row |")
     measured = reference_seconds_per_step(results_dir)
     lines.append("| seconds per step, one core | " + (
-        f"{measured[0]:.2f} (median of {measured[1]} run{'s' if measured[1] > 1 else ''}, "
-        "results/ladder.md)" if measured
+        f"{measured[0]:.2f}-{measured[1]:.2f} in {measured[2]} ladder run{'s' if measured[2] > 1 else ''}"
+        " beside other work on 2 cores (results/ladder.md)" if measured
         else "not measured yet (results/ladder.md)") + " | s/run in the grid table |")
     return lines
 
@@ -1500,7 +1524,7 @@ def main(argv=None):
             with stopping_on_signals():
                 return run_grid(args, overrides, out_root, args.results, argv)
         preset = args.preset or DEFAULT_PRESET
-        cfg = C.check_config(PRESETS[preset].config.replace(**overrides))
+        cfg = C.check_config(with_named_precisions(PRESETS[preset].config.replace(**overrides)))
         run_dir = args.out or os.path.join("runs", f"{preset}-s{cfg.seed}")
         check_writable(run_dir)
         if args.resume and os.path.exists(os.path.join(run_dir, "config.json")):
