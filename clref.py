@@ -72,6 +72,8 @@ class Config:
     learn_precision: bool = False  # the anisotropic similarity -½ (a-b)ᵀ diag(Λ̂) (a-b) with a
                                    # learned Λ̂ = softplus(λ), on the outputs (needs p = 2)
     precision_lr: float = None     # λ's peak rate, following the schedule (None: lr)
+    support_negatives: int = 0     # > 0: the support-corrected loss, this many negatives per
+                                   # anchor drawn from the anchor's own support (README §5)
     loss_form: str = "paper"       # "paper" | "official": the reference code's row (README §5)
     # optimisation
     batch_size: int = 1024
@@ -137,6 +139,12 @@ def check_config(cfg):
                          f"got {cfg.p!r}")
     if cfg.precision_lr is not None:
         _positive("precision_lr", cfg.precision_lr)
+    if not isinstance(cfg.support_negatives, (int, np.integer)) or cfg.support_negatives < 0:
+        raise ValueError(f"support_negatives must be an integer >= 0, got {cfg.support_negatives!r}")
+    if cfg.support_negatives and (cfg.conditional != "restricted_vmf" or cfg.loss_form != "paper"
+                                  or cfg.self_pair):
+        raise ValueError("support_negatives (the support-corrected loss) needs conditional "
+                         "'restricted_vmf', the paper's form and no self pair")
     if cfg.conditional == "restricted_vmf" and not (
             isinstance(cfg.kept, (int, np.integer)) and 1 <= cfg.kept <= cfg.n - 2):
         raise ValueError(f"kept must be an integer from 1 to n - 2 = {cfg.n - 2} (the vMF part needs "
@@ -290,6 +298,17 @@ def sample_restricted_vmf(z, kept, kappa, rng):
     u, v = z[:, :kept], z[:, kept:]
     r = np.sqrt(np.sum(v * v, axis=1, keepdims=True))
     return np.concatenate([u, r * sample_vmf(v / r, kappa, rng)], axis=1)
+
+
+def sample_support_negatives(z, kept, count, rng):
+    """(B, N) -> (B, count, N): for each anchor, count draws of its own support
+    K(z) = {(u, r w')}: the kept u, and w' uniform on the sphere of the other N - kept
+    coordinates, scaled by r = ||v|| (README §5, the support-corrected loss)."""
+    batch, n = z.shape
+    r = np.sqrt(np.sum(z[:, kept:] ** 2, axis=1))
+    w = sample_uniform_sphere(batch * count, n - kept, rng).reshape(batch, count, n - kept)
+    u = np.broadcast_to(z[:, None, :kept], (batch, count, kept))
+    return np.concatenate([u, r[:, None, None] * w], axis=2)
 
 
 def linear_precisions(n, low=5.0, high=25.0):
@@ -856,6 +875,20 @@ def infonce(h, h_tilde, tau, p=None, self_pair=False, form="paper"):
     return mean_row_logsumexp(h_tilde, h, tau, p, extra) + alignment(h, h_tilde, tau, p)
 
 
+def corrected_infonce(h, h_tilde, h_negative, tau, p=None):
+    """(B, D), (B, D), (B, M, D) -> scalar: the support-corrected loss (README §5):
+    l_i = -P_i + log(exp P_i + Σ_j exp(s(h_i, h_negative[i, j]) / tau)), P_i the
+    positive's score, each anchor against its own M negatives."""
+    _check_tau(tau)
+    positive = positive_scores(h, h_tilde, tau, p)
+    if p is None:
+        negative = anp.sum(h[:, None, :] * h_negative, axis=2) / tau
+    else:
+        negative = anp.sum(anp.abs(h[:, None, :] - h_negative) ** p, axis=2) * (-1.0 / tau)
+    rows = anp.concatenate([positive[:, None], negative], axis=1)
+    return anp.mean(logsumexp(rows, axis=1) - positive)
+
+
 def positive_scores(h, h_tilde, tau, p=None):
     """(B, D), (B, D) -> (B,): s(h_i, h_tilde_i) / tau, the diagonal of S (README §5)."""
     if p is None:
@@ -1094,6 +1127,16 @@ def contrastive_objective(params, x, x_tilde, cfg):
         h_both = h_both * precision_scale(params["precision"])
     h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
     return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair, cfg.loss_form)
+
+
+def corrected_objective(params, x, x_tilde, x_negative, cfg):
+    """The support-corrected loss of the encoder: anchors, positives and each anchor's
+    M negatives (B, M, N) go through the encoder in one stacked forward pass."""
+    batch, count, n = x_negative.shape
+    stacked = anp.concatenate([x, x_tilde, anp.reshape(x_negative, (batch * count, n))], axis=0)
+    h_all = encode(params, stacked, cfg.head, cfg.radius)
+    h, h_tilde, h_negative = h_all[:batch], h_all[batch:2 * batch], h_all[2 * batch:]
+    return corrected_infonce(h, h_tilde, anp.reshape(h_negative, (batch, count, -1)), cfg.tau, cfg.p)
 
 
 def supervised_objective(params, x, z, cfg):

@@ -2108,3 +2108,56 @@ def test_a_run_with_a_learned_precision_resumes_exactly(tmp_path):
     train.write_json(str(tmp_path / "run" / "config.json"), {"preset": None, **cfg.to_dict()})
     resumed = train.run(cfg, str(tmp_path / "run"), resume=True, say=lambda line: None, baseline=False)
     assert (resumed["r2"], resumed["mcc"]) == (whole["r2"], whole["mcc"])
+
+
+# ----------------------------------------------------------------------------
+# The support-corrected loss (README §5)
+# ----------------------------------------------------------------------------
+
+def test_support_negatives_lie_in_the_anchors_own_support():
+    g = rng(47)
+    z = C.sample_uniform_sphere(500, 5, g)
+    negatives = C.sample_support_negatives(z, 2, 40, g)
+    assert negatives.shape == (500, 40, 5)
+    assert np.array_equal(negatives[:, :, :2], np.broadcast_to(z[:, None, :2], (500, 40, 2)))
+    assert np.allclose(np.linalg.norm(negatives, axis=2), 1.0)
+    w = negatives[:, :, 2:] / np.linalg.norm(z[:, 2:], axis=1)[:, None, None]
+    assert np.all(np.abs(w.reshape(-1, 3).mean(axis=0)) < 4 / math.sqrt(20000 * 3))   # uniform: mean 0
+
+
+@pytest.mark.parametrize("p", [None, 1.0, 2.0])
+def test_corrected_infonce_equals_a_double_loop(p):
+    g = rng(48)
+    h, h_tilde, h_negative = g.standard_normal((5, 3)), g.standard_normal((5, 3)), g.standard_normal((5, 4, 3))
+
+    def s(a, b):
+        return a @ b if p is None else -np.sum(np.abs(a - b) ** p)
+    rows = []
+    for i in range(5):
+        terms = [s(h[i], h_tilde[i]) / 0.5] + [s(h[i], h_negative[i, j]) / 0.5 for j in range(4)]
+        rows.append(-terms[0] + math.log(sum(math.exp(t) for t in terms)))
+    assert C.corrected_infonce(h, h_tilde, h_negative, 0.5, p) == pytest.approx(np.mean(rows), rel=1e-12)
+
+
+def test_corrected_objective_gradient_equals_finite_differences():
+    from autograd import grad
+    from autograd.misc import flatten
+    g = rng(1)
+    cfg = C.check_config(C.Config(n=4, widths=(9, 9), conditional="restricted_vmf", support_negatives=3,
+                                  tau=0.5, dtype="float64"))
+    params = C.init_encoder(4, cfg.widths, "sphere", g, "float64")
+    x, x_tilde, x_negative = g.standard_normal((5, 4)), g.standard_normal((5, 4)), g.standard_normal((5, 3, 4))
+    flat, unflatten = flatten(params)
+    auto = flatten(grad(C.corrected_objective)(params, x, x_tilde, x_negative, cfg))[0]
+    numeric = finite_difference_gradient(
+        lambda t: C.corrected_objective(unflatten(t), x, x_tilde, x_negative, cfg), flat)
+    assert np.linalg.norm(auto - numeric) / np.linalg.norm(numeric) <= 1e-6
+
+
+def test_a_run_with_the_support_corrected_loss_trains_and_refuses_other_conditionals():
+    import train
+    cfg = TINY.replace(conditional="restricted_vmf", support_negatives=4, supervised_steps=0)
+    metrics = train.run(cfg, None, say=lambda line: None, baseline=False)
+    assert math.isfinite(metrics["loss"]) and metrics["steps"] == cfg.steps
+    with pytest.raises(ValueError, match="support_negatives"):
+        C.check_config(TINY.replace(support_negatives=4))

@@ -562,7 +562,12 @@ def format_seconds(seconds):
 
 
 def contrastive_batch(cfg, mixing, rng):
+    """(x, x_tilde), and with the support-corrected loss each anchor's negatives too."""
     z, z_tilde = C.sample_pairs(cfg, cfg.batch_size, rng)
+    if cfg.support_negatives:
+        negatives = C.sample_support_negatives(z, cfg.kept, cfg.support_negatives, rng)
+        x_negative = C.observe(cfg, mixing, negatives.reshape(-1, cfg.n)).reshape(negatives.shape)
+        return C.observe(cfg, mixing, z), C.observe(cfg, mixing, z_tilde), x_negative
     return C.observe(cfg, mixing, z), C.observe(cfg, mixing, z_tilde)
 
 
@@ -609,7 +614,8 @@ def train_loop(cfg, state, sets, run_dir, say, stop_sets=None):
         lr = C.learning_rate(cfg, state["step"])
         loss_cfg = cfg if C.self_pair_active(cfg, state["step"]) else without_self_pair
         batch = contrastive_batch(cfg, state["mixing"], state["rng"])
-        loss, params, adam = C.train_step(C.contrastive_objective, state["params"],
+        objective = C.corrected_objective if cfg.support_negatives else C.contrastive_objective
+        loss, params, adam = C.train_step(objective, state["params"],
                                           state["adam"], batch, loss_cfg, lr)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss} at step {state['step'] + 1}; "
@@ -1212,7 +1218,7 @@ OVERRIDES = ("space", "marginal", "marginal_scale", "conditional", "seed", "step
              "widths", "mixing_layers", "dtype", "eval_every", "eval_size", "supervised_steps",
              "learn_radius", "radius", "cond_quantile", "self_pair", "self_pair_until",
              "lr_timescale", "stop_r2", "loss_form", "whiten", "whiten_samples", "kept", "precisions",
-             "learn_precision", "precision_lr")
+             "learn_precision", "precision_lr", "support_negatives")
 
 
 def make_parser():
@@ -1273,6 +1279,9 @@ def make_parser():
     data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace, gennorm or "
                       "restricted_vmf (keeps the first --kept coordinates of z)")
     data.add_argument("--kept", type=int, help="restricted_vmf: coordinates the positive keeps (1)")
+    data.add_argument("--support-negatives", type=int,
+                      help="the support-corrected loss with this many negatives per anchor, drawn "
+                           "from the anchor's own support (restricted_vmf; 0: off)")
     data.add_argument("--precisions", type=precisions_value,
                       help="aniso_normal: the noise's precision per coordinate, as linear (5 to 25), "
                            "bimodal (25 then 5) or N comma-separated numbers")
