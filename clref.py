@@ -268,8 +268,13 @@ def sample_vmf(mu, kappa, rng):
     if n < 2:
         raise ValueError(f"the vMF distribution needs N >= 2, got N = {n}")
     w = _wood_cosines(batch, n, kappa, rng)
-    v = rng.standard_normal((batch, n))
-    v = normalize(v - np.sum(v * mu, axis=1, keepdims=True) * mu)
+    return vmf_from_draws(mu, w, rng.standard_normal((batch, n)))
+
+
+def vmf_from_draws(mu, w, normals):
+    """z_tilde = w mu + sqrt(1 - w²) v from cosines w (B,) and standard normals (B, N),
+    v the normals' part orthogonal to mu, normalised (README §2)."""
+    v = normalize(normals - np.sum(normals * mu, axis=1, keepdims=True) * mu)
     return w[:, None] * mu + np.sqrt(np.clip(1.0 - w ** 2, 0.0, None))[:, None] * v
 
 
@@ -1116,6 +1121,13 @@ def precision_scale(precision):
     """sqrt(Λ̂ / 2), Λ̂ = softplus(λ): outputs scaled by it make the p = 2 similarity
     -||a - b||² the anisotropic one, -½ (a - b)ᵀ diag(Λ̂) (a - b) (README §5)."""
     return anp.sqrt(anp.logaddexp(0.0, precision) / 2.0)
+
+
+def anisotropic_infonce(h, h_tilde, precision, tau=1.0, self_pair=False):
+    """The paper's form (README §5) with s(a, b) = -½ (a - b)ᵀ diag(softplus(λ)) (a - b),
+    λ = precision: the p = 2 loss of the outputs scaled by precision_scale."""
+    scale = precision_scale(precision)
+    return infonce(h * scale, h_tilde * scale, tau, 2, self_pair)
 
 
 def contrastive_objective(params, x, x_tilde, cfg):

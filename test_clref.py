@@ -1345,6 +1345,20 @@ def clref_outputs(case):
         return new_case_outputs(case)
     if fn == "learning_rate":
         return {"rates": [C.learning_rate(C.Config(**args["config"]), t) for t in args["steps"]]}
+    if fn == "restricted_vmf_from_draws":
+        z, kept = a["z"], args["kept"]
+        r = np.linalg.norm(z[:, kept:], axis=1, keepdims=True)
+        return {"value": np.hstack([z[:, :kept], r * C.vmf_from_draws(z[:, kept:] / r, a["cosines"], a["normals"])])}
+    if fn == "aniso_normal_from_draws":
+        stream = load_conformance_module("generate").Stream(a["normals"].ravel())
+        value = C.sample_aniso_normal(a["z"], args["precisions"], stream)
+        return {"value": value, "rows_drawn": stream.used // a["z"].shape[1]}
+    if fn in ("anisotropic_infonce", "corrected_infonce"):
+        f = getattr(C, fn)
+        call = ((a["h"], a["h_tilde"], a["precision"], a["tau"], args["self_pair"]) if fn == "anisotropic_infonce"
+                else (a["h"], a["h_tilde"], a["h_negative"], a["tau"], a["p"]))
+        names = ("h", "h_tilde", "precision" if fn == "anisotropic_infonce" else "h_negative")
+        return {"value": f(*call), **{f"grad_{name}": grad(f, k)(*call) for k, name in enumerate(names)}}
     g = rng(31)
     if fn == "sample_box_conditional":
         cfg = C.Config(space="box", conditional=args["conditional"], sigma=args["sigma"], lam=args["lam"],

@@ -1,7 +1,8 @@
 """An independent port of clref's numbers in plain NumPy with hand-written gradients,
 checked against vectors.json: infonce (both forms), alignment, uniformity, linear_r2,
 mcc, linear_assignment, mix, unmix, whitening_stage, encode and its backward pass,
-Adam, the learning-rate schedules, whole training steps and the box sampler. It
+Adam, the learning-rate schedules, whole training steps, the box sampler, and the
+boundary rows' conditionals (from given draws) and losses. It
 reads only the JSON file, not clref: copy the pattern to check a port in another
 framework. The vMF and generalised-normal samplers are left to check_torch.py.
 
@@ -273,6 +274,64 @@ def unflat(named, like):
     return tree
 
 
+# ---- the boundary rows: restricted support and anisotropic conditionals (README §2, §5)
+
+def restricted_vmf_from_draws(z, kept, cosines, normals):
+    """The positive keeps u = z[:, :kept]; the rest is r (w mu + sqrt(1 - w²) v), mu = v_z / r."""
+    u, v = z[:, :kept], z[:, kept:]
+    r = np.sqrt(np.sum(v * v, axis=1, keepdims=True))
+    mu = v / r
+    orth = normals - np.sum(normals * mu, axis=1, keepdims=True) * mu
+    orth = orth / np.sqrt(np.sum(orth * orth, axis=1, keepdims=True))
+    w = cosines[:, None]
+    return np.hstack([u, r * (w * mu + np.sqrt(1 - w * w) * orth)])
+
+
+def aniso_normal_from_draws(z, precisions, normals):
+    """z + delta, delta = normal / sqrt(precision), each row outside the band |1 - ||.||| < 0.1
+    drawn again from the next rows of `normals`; (unit rows, rows used)."""
+    scale = 1 / np.sqrt(np.asarray(precisions))
+    out, used = z + scale * normals[:len(z)], len(z)
+    while True:
+        bad = np.flatnonzero(np.abs(1 - np.sqrt(np.sum(out * out, axis=1))) >= 0.1)
+        if len(bad) == 0:
+            return out / np.sqrt(np.sum(out * out, axis=1, keepdims=True)), used
+        out[bad] = z[bad] + scale * normals[used:used + len(bad)]
+        used += len(bad)
+
+
+def anisotropic_infonce_with_grads(h, h_tilde, precision, tau, self_pair):
+    """The p = 2 loss of the outputs scaled by s = sqrt(softplus(λ) / 2): the similarity
+    -½ (a - b)ᵀ diag(softplus(λ)) (a - b); ds/dλ = sigmoid(λ) / (4 s)."""
+    s = np.sqrt(np.logaddexp(0, precision) / 2)
+    value, g, g_tilde = infonce_with_grads(h * s, h_tilde * s, tau, 2, self_pair)
+    ds = 1 / (1 + np.exp(-precision)) / (4 * s)
+    return value, g * s, g_tilde * s, np.sum(g * h + g_tilde * h_tilde, axis=0) * ds
+
+
+def corrected_infonce_with_grads(h, h_tilde, h_negative, tau, p):
+    """Row i: P_i = s(h_i, h_tilde_i) / tau and N_ij = s(h_i, h_negative_ij) / tau;
+    loss = mean_i(logsumexp(P_i, N_i·) - P_i)."""
+    b = len(h)
+    if p is None:
+        pos, neg = np.sum(h * h_tilde, axis=1) / tau, np.einsum("ik,ijk->ij", h, h_negative) / tau
+    else:
+        pos = -np.sum(np.abs(h - h_tilde) ** p, axis=1) / tau
+        neg = -np.sum(np.abs(h[:, None, :] - h_negative) ** p, axis=2) / tau
+    rows = np.hstack([pos[:, None], neg])
+    top = rows.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+    weights = np.exp(rows - lse[:, None]) / b
+    g_pos, g_neg = weights[:, 0] - 1 / b, weights[:, 1:]
+    if p is None:
+        grad_h = g_pos[:, None] * h_tilde / tau + np.einsum("ij,ijk->ik", g_neg, h_negative) / tau
+        return np.mean(lse - pos), grad_h, g_pos[:, None] * h / tau, g_neg[:, :, None] * h[:, None, :] / tau
+    dp = lp_derivative(h - h_tilde, p, tau)
+    dn = lp_derivative(h[:, None, :] - h_negative, p, tau)
+    grad_h = g_pos[:, None] * dp + np.einsum("ij,ijk->ik", g_neg, dn)
+    return np.mean(lse - pos), grad_h, -g_pos[:, None] * dp, -g_neg[:, :, None] * dn
+
+
 # ---- the box conditional (README §2)
 
 def sample_gennorm(shape, beta, lam, rng):
@@ -308,7 +367,11 @@ FLOAT32_TOLERANCE = {"infonce": {"rel": 1e-4, "abs": 1e-5}, "alignment": {"rel":
                      "linear_r2": {"rel": 0.0, "abs": 1e-4}, "mcc": {"rel": 0.0, "abs": 1e-4},
                      "adam_update": {"rel": 1e-5, "abs": 1e-7}, "learning_rate": {"rel": 1e-6, "abs": 0.0},
                      "train_step": {"rel": 1e-4, "abs": 1e-5},
-                     "linear_assignment": {"rel": 1e-6, "abs": 1e-6}}
+                     "linear_assignment": {"rel": 1e-6, "abs": 1e-6},
+                     "restricted_vmf_from_draws": {"rel": 1e-4, "abs": 1e-5},
+                     "aniso_normal_from_draws": {"rel": 1e-4, "abs": 1e-5},
+                     "anisotropic_infonce": {"rel": 1e-4, "abs": 1e-5},
+                     "corrected_infonce": {"rel": 1e-4, "abs": 1e-5}}
 
 
 def arrays(tree, dtype):
@@ -378,6 +441,18 @@ def check(case, dtype=np.float64, rng=None):
             same_tree(params, snap["params"], tol, dtype) and same_tree(m, snap["m"], tol, dtype)
             and same_tree(v, snap["v"], tol, dtype)
             for (_, params, m, v), snap in ((steps[0], want["after_1"]), (steps[2], want["after_3"])))
+    if fn == "restricted_vmf_from_draws":
+        return close(restricted_vmf_from_draws(np.array(args["z"], dtype), args["kept"], a["cosines"], a["normals"]),
+                     want["value"], tol)
+    if fn == "aniso_normal_from_draws":
+        got, used = aniso_normal_from_draws(np.array(args["z"], dtype), args["precisions"], a["normals"])
+        return used == want["rows_drawn"] and close(got, want["value"], tol)
+    if fn == "anisotropic_infonce":
+        got = anisotropic_infonce_with_grads(a["h"], a["h_tilde"], a["precision"], dtype(a["tau"]), a["self_pair"])
+        return all(close(v, want[k], tol) for v, k in zip(got, ("value", "grad_h", "grad_h_tilde", "grad_precision")))
+    if fn == "corrected_infonce":
+        got = corrected_infonce_with_grads(a["h"], a["h_tilde"], a["h_negative"], dtype(a["tau"]), a["p"])
+        return all(close(v, want[k], tol) for v, k in zip(got, ("value", "grad_h", "grad_h_tilde", "grad_h_negative")))
     rng = rng or np.random.default_rng(0)
     if fn in ("sample_box_conditional", "sample_conditional"):
         low, high = args["box_low"], args["box_high"]

@@ -245,6 +245,49 @@ def sample_vmf_cosines(count, n, kappa, generator):
     return torch.cat(found)[:count]
 
 
+# ---- the boundary rows (README §2, §5)
+
+def restricted_vmf_from_draws(z, kept, cosines, normals):
+    u, v = z[:, :kept], z[:, kept:]
+    r = v.norm(dim=1, keepdim=True)
+    mu = v / r
+    orth = normals - (normals * mu).sum(dim=1, keepdim=True) * mu
+    orth = orth / orth.norm(dim=1, keepdim=True)
+    w = cosines[:, None]
+    return torch.cat([u, r * (w * mu + (1 - w * w).sqrt() * orth)], dim=1)
+
+
+def aniso_normal_from_draws(z, precisions, normals):
+    scale = tensor(precisions).rsqrt()
+    out, used = z + scale * normals[:len(z)], len(z)
+    while True:
+        bad = ((1 - out.norm(dim=1)).abs() >= 0.1).nonzero().flatten()
+        if len(bad) == 0:
+            return out / out.norm(dim=1, keepdim=True), used
+        out[bad] = z[bad] + scale * normals[used:used + len(bad)]
+        used += len(bad)
+
+
+def anisotropic_infonce(h, h_tilde, precision, tau, self_pair):
+    """The paper's form with s(a, b) = -½ Σ_k softplus(λ_k) (a_k - b_k)²."""
+    weights = torch.nn.functional.softplus(precision)
+    b = len(h)
+    s = -0.5 * (weights * (h_tilde[:, None, :] - h[None, :, :]) ** 2).sum(dim=2) / tau
+    if self_pair:                      # s(h_i, h_i) = 0
+        s = torch.cat([s, torch.zeros(b, 1, dtype=h.dtype)], dim=1)
+    return (torch.logsumexp(s, dim=1) - s[torch.arange(b), torch.arange(b)]).mean()
+
+
+def corrected_infonce(h, h_tilde, h_negative, tau, p):
+    if p is None:
+        positive, negative = (h * h_tilde).sum(dim=1), (h[:, None, :] * h_negative).sum(dim=2)
+    else:
+        positive = -(h - h_tilde).abs().pow(p).sum(dim=1)
+        negative = -(h[:, None, :] - h_negative).abs().pow(p).sum(dim=2)
+    rows = torch.cat([positive[:, None], negative], dim=1) / tau
+    return (torch.logsumexp(rows, dim=1) - positive / tau).mean()
+
+
 # ---- the cases
 
 def close(got, want, tol):
@@ -260,7 +303,7 @@ def same_tree(named, tree, tol):
 
 def check(case, generator):
     fn, args, want, tol = case["function"], case["args"], case["expected"], case["tolerance"]
-    a = {k: (tensor(v) if isinstance(v, list) and k not in ("mixing", "batches", "steps") else v)
+    a = {k: (tensor(v) if isinstance(v, list) and k not in ("mixing", "batches", "steps", "precisions") else v)
          for k, v in args.items() if k not in ("params", "grads", "m", "v", "config")}
     if fn == "infonce":
         h, h_tilde = a["h"].requires_grad_(True), a["h_tilde"].requires_grad_(True)
@@ -306,6 +349,20 @@ def check(case, generator):
         return close([s[0] for s in steps], want["losses"], tol) and all(
             same_tree(p, snap["params"], tol) and same_tree(m, snap["m"], tol) and same_tree(v, snap["v"], tol)
             for (_, p, m, v), snap in ((steps[0], want["after_1"]), (steps[2], want["after_3"])))
+    if fn == "restricted_vmf_from_draws":
+        return close(restricted_vmf_from_draws(tensor(args["z"]), args["kept"], a["cosines"], a["normals"]),
+                     want["value"], tol)
+    if fn == "aniso_normal_from_draws":
+        got, used = aniso_normal_from_draws(tensor(args["z"]), args["precisions"], a["normals"])
+        return used == want["rows_drawn"] and close(got, want["value"], tol)
+    if fn in ("anisotropic_infonce", "corrected_infonce"):
+        names = ["h", "h_tilde", "precision" if fn == "anisotropic_infonce" else "h_negative"]
+        inputs = [a[name].requires_grad_(True) for name in names]
+        value = (anisotropic_infonce(*inputs, a["tau"], a["self_pair"]) if fn == "anisotropic_infonce"
+                 else corrected_infonce(*inputs, a["tau"], a["p"]))
+        grads = torch.autograd.grad(value, inputs)
+        return close(value, want["value"], tol) and all(
+            close(g, want[f"grad_{name}"], tol) for g, name in zip(grads, names))
     if fn == "sample_vmf":
         w = sample_vmf_cosines(args["draws"], args["n"], args["kappa"], generator)
         return abs(float(w.mean()) - want["mean_cosine"]) <= tol["abs_mean_cosine"]

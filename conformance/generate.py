@@ -16,10 +16,12 @@ from autograd import grad
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import clref as C  # noqa: E402
 
-VERSION = 5                            # 2: infonce cases may carry self_pair; 3: form;
+VERSION = 6                            # 2: infonce cases may carry self_pair; 3: form;
                                        # 4: whitening_stage, encode with params.whiten;
                                        # 5: encode_vjp, adam_update, learning_rate, train_step,
-                                       # infonce at tau 1e-3 and p 1.5, sample_box_conditional
+                                       # infonce at tau 1e-3 and p 1.5, sample_box_conditional;
+                                       # 6: restricted_vmf and aniso_normal from given draws,
+                                       # anisotropic_infonce, corrected_infonce
 EXACT = {"abs": 1e-12, "rel": 1e-12}   # float64 ports; PORTING.md gives float32 tolerances
 
 
@@ -381,6 +383,74 @@ def box_sampler_cases():
     return cases
 
 
+class Stream:
+    """A stand-in for a Generator's standard_normal that hands out given numbers in
+    order (row-major) and records how many were taken."""
+
+    def __init__(self, numbers):
+        self.numbers, self.used = numbers, 0
+
+    def standard_normal(self, shape):
+        count = int(np.prod(shape))
+        out = self.numbers[self.used:self.used + count].reshape(shape)
+        self.used += count
+        return out
+
+
+def stream_sampler_cases(rng):
+    """The new conditionals with their random numbers given, so a port's arithmetic is
+    compared exactly (their distributions are clref's tests' business)."""
+    cases = []
+    z = C.sample_uniform_sphere(6, 5, rng)
+    kept = 2
+    r = np.linalg.norm(z[:, kept:], axis=1, keepdims=True)
+    cosines, normals = rng.uniform(-1, 1, 6), rng.standard_normal((6, 5 - kept))
+    z_tilde = np.concatenate([z[:, :kept], r * C.vmf_from_draws(z[:, kept:] / r, cosines, normals)], axis=1)
+    cases.append({"function": "restricted_vmf_from_draws",
+                  "args": {"z": as_list(z), "kept": kept, "cosines": as_list(cosines), "normals": as_list(normals)},
+                  "expected": {"value": as_list(z_tilde)}, "tolerance": EXACT,
+                  "note": "w: the cosines to v / r; normals: the draws whose part orthogonal to v / r sets the direction"})
+    for precisions in ((1.0, 2.0, 3.0, 4.0), (25.0, 25.0, 5.0, 5.0)):
+        z = C.sample_uniform_sphere(5, 4, rng)
+        stream = Stream(rng.standard_normal(4000))
+        z_tilde = C.sample_aniso_normal(z, precisions, stream)
+        cases.append({"function": "aniso_normal_from_draws",
+                      "args": {"z": as_list(z), "precisions": list(precisions),
+                               "normals": as_list(stream.numbers[:stream.used].reshape(-1, 4))},
+                      "expected": {"value": as_list(z_tilde), "rows_drawn": stream.used // 4},
+                      "tolerance": EXACT,
+                      "note": "normals are consumed a row at a time: first one row per anchor, then one "
+                              "per rejected anchor, in anchor order, each round"})
+    return cases
+
+
+def boundary_loss_cases(rng):
+    """The anisotropic similarity (gradient for the precision too) and the support-corrected loss."""
+    cases = []
+    for self_pair in (False, True):
+        h, h_tilde = C.normalize(rng.standard_normal((7, 4))), C.normalize(rng.standard_normal((7, 4)))
+        precision = rng.standard_normal(4)
+        args = (h, h_tilde, precision, 1.0, self_pair)
+        cases.append({"function": "anisotropic_infonce",
+                      "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "precision": as_list(precision),
+                               "tau": 1.0, "self_pair": self_pair},
+                      "expected": {"value": C.anisotropic_infonce(*args),
+                                   **{name: as_list(grad(C.anisotropic_infonce, k)(*args))
+                                      for k, name in enumerate(("grad_h", "grad_h_tilde", "grad_precision"))}},
+                      "tolerance": EXACT, "note": "precision is λ; Λ̂ = softplus(λ)"})
+    for p in (None, 1, 2):
+        h, h_tilde, h_negative = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 4, 3))
+        args = (h, h_tilde, h_negative, 0.5, p)
+        cases.append({"function": "corrected_infonce",
+                      "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "h_negative": as_list(h_negative),
+                               "tau": 0.5, "p": p},
+                      "expected": {"value": C.corrected_infonce(*args),
+                                   **{name: as_list(grad(C.corrected_infonce, k)(*args))
+                                      for k, name in enumerate(("grad_h", "grad_h_tilde", "grad_h_negative"))}},
+                      "tolerance": EXACT})
+    return cases
+
+
 def build():
     rng = np.random.default_rng(20210216)
     cases = (infonce_cases(rng) + alignment_uniformity_cases(rng) + metric_cases(rng)
@@ -392,7 +462,9 @@ def build():
              + encode_vjp_cases(np.random.default_rng(20261203))
              + adam_cases(np.random.default_rng(20261204)) + schedule_cases()
              + train_step_cases(np.random.default_rng(20261205))
-             + hard_infonce_cases(np.random.default_rng(20261206)) + box_sampler_cases())
+             + hard_infonce_cases(np.random.default_rng(20261206)) + box_sampler_cases()
+             + stream_sampler_cases(np.random.default_rng(20261207))
+             + boundary_loss_cases(np.random.default_rng(20261208)))
     return {"version": VERSION, "generator": "python conformance/generate.py", "cases": cases}
 
 
