@@ -2175,3 +2175,17 @@ def test_a_run_with_the_support_corrected_loss_trains_and_refuses_other_conditio
     assert math.isfinite(metrics["loss"]) and metrics["steps"] == cfg.steps
     with pytest.raises(ValueError, match="support_negatives"):
         C.check_config(TINY.replace(support_negatives=4))
+
+
+def test_beyond_rows_are_listed_apart_and_left_out_of_the_grid(capsys):
+    import train
+    assert train.BEYOND_PRESETS and not set(train.BEYOND_PRESETS) & set(train.GRID_PRESETS)
+    train.list_presets()
+    out = capsys.readouterr().out
+    header = out.index("Beyond the paper's grid")
+    assert all(out.index(f"\n{name} ") > header for name in train.BEYOND_PRESETS)
+    assert all(out.index(f"{name} ") < header for name in train.GRID_PRESETS)
+    for name in train.BEYOND_PRESETS:
+        C.check_config(train.PRESETS[name].config)
+    assert train.verdict({"met": True, "r2": 0.5, "mcc": 0.5, "identity_r2": 0.6, "seconds": 1.0},
+                         "restricted_plain_n3").startswith("as theory expects")
