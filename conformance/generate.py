@@ -424,30 +424,28 @@ def stream_sampler_cases(rng):
     return cases
 
 
+def loss_case(f, inputs, options, note=None):
+    """A case of loss f(*inputs.values(), *options.values()): its value and its gradient
+    with respect to each named input."""
+    call = (*inputs.values(), *options.values())
+    case = {"function": f.__name__, "args": {**{k: as_list(v) for k, v in inputs.items()}, **options},
+            "expected": {"value": f(*call),
+                         **{f"grad_{name}": as_list(grad(f, k)(*call)) for k, name in enumerate(inputs)}},
+            "tolerance": EXACT}
+    return {**case, "note": note} if note else case
+
+
 def boundary_loss_cases(rng):
     """The anisotropic similarity (gradient for the precision too) and the support-corrected loss."""
     cases = []
     for self_pair in (False, True):
         h, h_tilde = C.normalize(rng.standard_normal((7, 4))), C.normalize(rng.standard_normal((7, 4)))
-        precision = rng.standard_normal(4)
-        args = (h, h_tilde, precision, 1.0, self_pair)
-        cases.append({"function": "anisotropic_infonce",
-                      "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "precision": as_list(precision),
-                               "tau": 1.0, "self_pair": self_pair},
-                      "expected": {"value": C.anisotropic_infonce(*args),
-                                   **{name: as_list(grad(C.anisotropic_infonce, k)(*args))
-                                      for k, name in enumerate(("grad_h", "grad_h_tilde", "grad_precision"))}},
-                      "tolerance": EXACT, "note": "precision is λ; Λ̂ = softplus(λ)"})
+        cases.append(loss_case(C.anisotropic_infonce, {"h": h, "h_tilde": h_tilde, "precision": rng.standard_normal(4)},
+                               {"tau": 1.0, "self_pair": self_pair}, "precision is λ; Λ̂ = softplus(λ)"))
     for p in (None, 1, 2):
-        h, h_tilde, h_negative = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 4, 3))
-        args = (h, h_tilde, h_negative, 0.5, p)
-        cases.append({"function": "corrected_infonce",
-                      "args": {"h": as_list(h), "h_tilde": as_list(h_tilde), "h_negative": as_list(h_negative),
-                               "tau": 0.5, "p": p},
-                      "expected": {"value": C.corrected_infonce(*args),
-                                   **{name: as_list(grad(C.corrected_infonce, k)(*args))
-                                      for k, name in enumerate(("grad_h", "grad_h_tilde", "grad_h_negative"))}},
-                      "tolerance": EXACT})
+        inputs = {"h": rng.standard_normal((5, 3)), "h_tilde": rng.standard_normal((5, 3)),
+                  "h_negative": rng.standard_normal((5, 4, 3))}
+        cases.append(loss_case(C.corrected_infonce, inputs, {"tau": 0.5, "p": p}))
     return cases
 
 
