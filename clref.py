@@ -134,9 +134,9 @@ def check_config(cfg):
                 or not all(math.isfinite(v) and v > 0 for v in cfg.precisions)):
             raise ValueError(f"precisions must hold n = {cfg.n} finite numbers > 0 (one per "
                              f"coordinate), got {cfg.precisions!r}")
-    if cfg.learn_precision and cfg.p != 2:
-        raise ValueError(f"learn_precision scales the outputs of the p = 2 similarity; p must be 2, "
-                         f"got {cfg.p!r}")
+    if cfg.learn_precision and (cfg.p != 2 or cfg.loss_form != "paper"):
+        raise ValueError(f"learn_precision scales the outputs of the p = 2 similarity in the paper's "
+                         f"form; p must be 2 and loss_form 'paper', got {cfg.p!r} and {cfg.loss_form!r}")
     if cfg.precision_lr is not None:
         _positive("precision_lr", cfg.precision_lr)
     if not isinstance(cfg.support_negatives, (int, np.integer)) or cfg.support_negatives < 0:
@@ -894,6 +894,19 @@ def corrected_infonce(h, h_tilde, h_negative, tau, p=None):
     return anp.mean(logsumexp(rows, axis=1) - positive)
 
 
+def precision_scale(precision):
+    """sqrt(Λ̂ / 2), Λ̂ = softplus(λ): outputs scaled by it make the p = 2 similarity
+    -||a - b||² the anisotropic one, -½ (a - b)ᵀ diag(Λ̂) (a - b) (README §5)."""
+    return anp.sqrt(anp.logaddexp(0.0, precision) / 2.0)
+
+
+def anisotropic_infonce(h, h_tilde, precision, tau=1.0, self_pair=False):
+    """The paper's form (README §5) with s(a, b) = -½ (a - b)ᵀ diag(softplus(λ)) (a - b),
+    λ = precision: the p = 2 loss of the outputs scaled by precision_scale."""
+    scale = precision_scale(precision)
+    return infonce(h * scale, h_tilde * scale, tau, 2, self_pair)
+
+
 def positive_scores(h, h_tilde, tau, p=None):
     """(B, D), (B, D) -> (B,): s(h_i, h_tilde_i) / tau, the diagonal of S (README §5)."""
     if p is None:
@@ -1117,27 +1130,14 @@ def held_out_scores(z_fit, h_fit, z_eval, h_eval):
 # Objectives, optimiser and one training step
 # ----------------------------------------------------------------------------
 
-def precision_scale(precision):
-    """sqrt(Λ̂ / 2), Λ̂ = softplus(λ): outputs scaled by it make the p = 2 similarity
-    -||a - b||² the anisotropic one, -½ (a - b)ᵀ diag(Λ̂) (a - b) (README §5)."""
-    return anp.sqrt(anp.logaddexp(0.0, precision) / 2.0)
-
-
-def anisotropic_infonce(h, h_tilde, precision, tau=1.0, self_pair=False):
-    """The paper's form (README §5) with s(a, b) = -½ (a - b)ᵀ diag(softplus(λ)) (a - b),
-    λ = precision: the p = 2 loss of the outputs scaled by precision_scale."""
-    scale = precision_scale(precision)
-    return infonce(h * scale, h_tilde * scale, tau, 2, self_pair)
-
-
 def contrastive_objective(params, x, x_tilde, cfg):
     """InfoNCE of the encoder on a batch of positive pairs; both views go through
-    the encoder in one stacked forward pass. With a learned precision the outputs
-    are scaled by precision_scale before the (p = 2) similarity."""
+    the encoder in one stacked forward pass; with a learned precision, the
+    anisotropic loss."""
     h_both = encode(params, anp.concatenate([x, x_tilde], axis=0), cfg.head, cfg.radius)
-    if "precision" in params:
-        h_both = h_both * precision_scale(params["precision"])
     h, h_tilde = anp.split(h_both, 2)            # its gradient is one concatenation
+    if "precision" in params:
+        return anisotropic_infonce(h, h_tilde, params["precision"], cfg.tau, cfg.self_pair)
     return infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair, cfg.loss_form)
 
 
