@@ -237,7 +237,8 @@ def ladder_markdown(records, jobs, command):
                   "budget | s/step | seconds | reading |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in dict.fromkeys(r["row"] for r in sub):
-            for rung in dict.fromkeys(r["rung"] for r in sub if r["row"] == row):
+            present = {r["rung"] for r in sub if r["row"] == row}
+            for rung in [name for name in ("preset", *train.DEPARTURES, "official") if name in present]:
                 runs = [r for r in sub if r["row"] == row and r["rung"] == rung]
                 done = [r for r in runs if r["finished"]]
                 read = reading(records, row, rung) if set_name == "ladder" and rung not in (
@@ -265,11 +266,62 @@ def ladder_markdown(records, jobs, command):
     return "\n".join(lines) + "\n"
 
 
+# kappa = 1 with the reference widths: the cost study's recipe at N = 10, kappa = 3 with
+# those widths (one seed), against the study's own runs there, scales the law's kappa = 1
+# cost (results/cost.md) by the ratio of their pairs to R² 0.99
+KAPPA_POINT, KAPPA_COMMAND = (10, 3.0), (
+    "python bench/recovery_cost.py --set study --points 10:3 --seeds 0 --jobs 1 --threads 1 "
+    "--base '{\"widths\": [100, 500, 500, 500, 500, 100]}' --out results/ladder/kappa/runs "
+    "--results results/ladder/kappa")
+THREE_HOURS = 3 * 3600
+
+
+def kappa1_lines(results_dir):
+    """ladder.md's estimate of what kappa = 1 costs with the reference widths."""
+    def rows(path):
+        try:
+            with open(path) as f:
+                return list(csv.DictReader(f))
+        except FileNotFoundError:
+            return []
+    n, kappa = KAPPA_POINT
+    wide = [r for r in rows(os.path.join(results_dir, "ladder", "kappa", "cost.csv"))
+            if r["set"] == "study" and int(r["n"]) == n and float(r["kappa"]) == kappa]
+    narrow = [r for r in rows(os.path.join(results_dir, "cost.csv"))
+              if r["set"] == "study" and int(r["n"]) == n and float(r["kappa"]) == kappa]
+    lines = ["## kappa = 1 with the reference widths: an estimate", "",
+             f"The measured point: `{KAPPA_COMMAND}` (N = {n}, kappa = {kappa:g}, the cost study's "
+             "recipe with the reference widths), against the study's 64-64-64 runs at the same point.", ""]
+    done = [r for r in wide if r["finished"] == "True" and r["pairs_099"]]
+    fit = train.read_json(os.path.join(results_dir, "cost.json"))
+    if not done or not narrow or fit is None:
+        return lines + ["Not finished yet: no estimate.", ""]
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("recovery_cost", os.path.join(HERE, "recovery_cost.py"))
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    ratio = float(np.median([float(r["pairs_099"]) for r in done])) / float(
+        np.median([float(r["pairs_099"]) for r in narrow if r["pairs_099"]]))
+    law = cost.law_pairs(fit["pairs_099"], 10, cost.pair_information(10, 1.0))
+    pairs_per_second = float(np.median([float(r["pairs_per_second"]) for r in done]))
+    hours = ratio * law / pairs_per_second / 3600
+    return lines + [
+        f"Pairs to R² 0.99 at the point: {_millions(float(done[0]['pairs_099']))} with the reference "
+        f"widths against a median of {_millions(np.median([float(r['pairs_099']) for r in narrow]))} "
+        f"with 64-64-64 ({len(narrow)} seeds): ratio {ratio:.2f}.",
+        f"The law's kappa = 1 cost at N = 10 is {_millions(law)} pairs; times the ratio, "
+        f"{_millions(ratio * law)}. At the {pairs_per_second:.0f} pairs a second the reference "
+        f"widths trained at here (one core, beside other runs), that is {hours:.1f} hours of one core: "
+        + ("under three hours, so it is run." if hours * 3600 < THREE_HOURS
+           else "over three hours, so it is not run."), ""]
+
+
 def write_reports(jobs, results_dir, command):
     records = [r for r in (run_record(job) for job in jobs) if r is not None]
     os.makedirs(results_dir, exist_ok=True)
     train.write_text(os.path.join(results_dir, "ladder.csv"), train.csv_text(records, COLUMNS))
-    train.write_text(os.path.join(results_dir, "ladder.md"), ladder_markdown(records, jobs, command))
+    train.write_text(os.path.join(results_dir, "ladder.md"),
+                     ladder_markdown(records, jobs, command) + "\n" + "\n".join(kappa1_lines(results_dir)))
     import plots
     plots.plot_ladder(results_dir)
     print(f"{sum(r['finished'] for r in records)} of the {len(jobs)} runs have finished; wrote "
