@@ -114,10 +114,11 @@ def _git(*args):
 
 
 def head_commit():
-    """The abbreviated commit of the checkout, with "+" when it has uncommitted
-    changes; "unknown" outside git."""
+    """The abbreviated commit of the checkout, with "+" when its code (a .py file) has
+    uncommitted changes; "unknown" outside git."""
     try:
-        return _git("rev-parse", "--short", "HEAD") + ("+" if _git("status", "--porcelain", "-uno") else "")
+        return _git("rev-parse", "--short", "HEAD") + (
+            "+" if _git("status", "--porcelain", "-uno", "--", "*.py") else "")
     except Exception:
         return "unknown"
 
