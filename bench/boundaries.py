@@ -1,5 +1,9 @@
 """Where the theory ends (results/boundaries.md): restricted support as a number.
 
+python bench/boundaries.py --precisions RUN_DIR [RUN_DIR ...]
+    for a finished run with a learned precision: the learned Λ̂ = softplus(λ) of each
+    output against the true Λ of the latent the MCC matching gives it, their
+    correlation and the spread of their ratio after one common scale.
 python bench/boundaries.py --theorem [--pairs 20000] [--seed 0]
     the asymptotic loss (alignment + uniformity, README §5) of
     h_lambda(u, v) = (u, lambda v) / ||(u, lambda v)|| on the sphere S² (N = 3, u the
@@ -82,14 +86,42 @@ def theorem_4_5(conditional, pairs=20000, seed=0, delta=0.02, lambdas=LAMBDAS):
             "slope": s, "slope_se": s_se, "curvature": c, "curvature_se": c_se}
 
 
+def precision_report(run_dir):
+    """{"matched", "true", "correlation", "ratio_spread", "rho"}: the learned precision of
+    the output matched to each latent (held-out samples, the MCC matching), the true
+    precisions, their correlation, and exp(sd of log(Λ̂ / Λ)) after one common scale."""
+    import plots
+    cfg, params, _, (_, _, z_eval, x_eval) = plots.load_run(run_dir)
+    h = C.encode(params, x_eval, cfg.head, cfg.radius).astype(float)
+    rho = np.abs(C.correlation_matrix(z_eval.astype(float), h))
+    match = C.linear_assignment(-rho)                   # latent i -> output match[i]
+    learned = np.logaddexp(0.0, params["precision"].astype(float))[match]
+    true = np.asarray(cfg.precisions, dtype=float)
+    log_ratio = np.log(learned / true)
+    return {"matched": learned, "true": true, "correlation": float(np.corrcoef(learned, true)[0, 1]),
+            "ratio_spread": float(np.exp(np.std(log_ratio - log_ratio.mean()))),
+            "rho": rho[np.arange(len(match)), match]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--theorem", action="store_true", help="print Theorem 4.5 as a number")
+    parser.add_argument("--precisions", nargs="+", metavar="RUN_DIR",
+                        help="learned against true precisions of finished runs")
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.precisions:
+        for run_dir in args.precisions:
+            r = precision_report(run_dir)
+            print(f"{run_dir}: learned Λ̂ of the output matched to each latent "
+                  + " ".join(f"{v:.2f}" for v in r["matched"]) + "; true Λ "
+                  + " ".join(f"{v:.2f}" for v in r["true"]))
+            print(f"  correlation {r['correlation']:.3f}, ratio spread after one common scale "
+                  f"×{r['ratio_spread']:.3f}; matched |rho| " + " ".join(f"{v:.3f}" for v in r["rho"]))
+        return 0
     if not args.theorem:
-        parser.error("say --theorem")
+        parser.error("say --theorem or --precisions RUN_DIR")
     if args.pairs < 10:
         raise SystemExit(f"--pairs must be an integer >= 10, got {args.pairs}")
     print(f"N = 3, tau = {TAU}, kappa = 1/tau, u = z_1 kept by the restricted conditional; "
