@@ -344,6 +344,12 @@ PRESETS["restricted_corrected_n3"] = Preset(
     "support), tau=0.3", "orthogonal maps minimise, not uniquely: reported beside both", (),
     RESTRICTED_N3.replace(conditional="restricted_vmf", kept=1, support_negatives=63, batch_size=250),
     in_grid=False, beyond=True)
+# the same at N = 10 with the default row's recipe; its full-support twin is sphere_vmf_k10
+PRESETS["restricted_plain_k10"] = Preset(
+    "sphere, the positive keeps z_1, vMF kappa=10 on the rest, dot loss tau=0.1 (sphere_vmf_k10's "
+    "recipe)", "no orthogonal minimiser: R² below sphere_vmf_k10's", (("r2", "<", 0.99),),
+    PRESETS["sphere_vmf_k10"].config.replace(conditional="restricted_vmf", kept=1), in_grid=False,
+    beyond=True)
 GRID_PRESETS = [name for name, preset in PRESETS.items() if preset.in_grid]
 BEYOND_PRESETS = [name for name, preset in PRESETS.items() if preset.beyond]
 DEFAULT_PRESET = "sphere_vmf_k10"

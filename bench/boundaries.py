@@ -1,5 +1,7 @@
 """Where the theory ends (results/boundaries.md): restricted support as a number.
 
+python bench/boundaries.py --gap RUN_DIR [RUN_DIR ...]
+    held-out R² and the orthogonality gap (README §6) of finished runs.
 python bench/boundaries.py --precisions RUN_DIR [RUN_DIR ...]
     for a finished run with a learned precision: the learned Λ̂ = softplus(λ) of each
     output against the true Λ of the latent the MCC matching gives it, their
@@ -103,14 +105,30 @@ def precision_report(run_dir):
             "rho": rho[np.arange(len(match)), match]}
 
 
+def gap_report(run_dir):
+    """(held-out R², orthogonality gap) of a finished run (README §6), from its checkpoint."""
+    import plots
+    cfg, params, _, (z_fit, x_fit, z_eval, x_eval) = plots.load_run(run_dir)
+    h_fit, h_eval = (C.encode(params, x, cfg.head, cfg.radius).astype(float) for x in (x_fit, x_eval))
+    return (C.linear_r2(z_fit.astype(float), h_fit, z_eval.astype(float), h_eval),
+            C.orthogonality_gap(z_eval.astype(float), h_eval))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--theorem", action="store_true", help="print Theorem 4.5 as a number")
+    parser.add_argument("--gap", nargs="+", metavar="RUN_DIR",
+                        help="held-out R² and orthogonality gap of finished runs")
     parser.add_argument("--precisions", nargs="+", metavar="RUN_DIR",
                         help="learned against true precisions of finished runs")
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.gap:
+        for run_dir in args.gap:
+            r2, gap = gap_report(run_dir)
+            print(f"{run_dir}: held-out R² {r2:.4f}, orthogonality gap {gap:.4f}")
+        return 0
     if args.precisions:
         for run_dir in args.precisions:
             r = precision_report(run_dir)
