@@ -372,15 +372,12 @@ RECIPES = {
 # differences). All but the learned radius are what `--recipe official` sets; the
 # learned radius is part of the head, which the official recipe keeps (the reference
 # code has a learnable sphere too). bench/ladder.py reverts one group at a time.
-DEPARTURES = {
-    "widths": dict(widths=REFERENCE_WIDTHS),
-    "batch": dict(batch_size=RECIPES["official"]["batch_size"]),
-    "rate schedule": dict(lr=1e-4, lr_final=None, lr_timescale=None, warmup=0),
-    "loss form": dict(loss_form="official", self_pair=False, self_pair_until=None),
-    "initialisation": dict(identity_init=False, uniform_bias=True),
-    "whitening": dict(whiten=False),
-    "learned radius": dict(learn_radius=False),
-}
+DEPARTURES = {name: {field: RECIPES["official"][field] for field in fields} for name, fields in (
+    ("widths", ("widths",)), ("batch", ("batch_size",)),
+    ("rate schedule", ("lr", "lr_final", "lr_timescale", "warmup")),
+    ("loss form", ("loss_form", "self_pair", "self_pair_until")),
+    ("initialisation", ("identity_init", "uniform_bias")), ("whitening", ("whiten",)))}
+DEPARTURES["learned radius"] = dict(learn_radius=False)
 # the step counts that scale with the batch when a run keeps its pairs (steps x batch)
 STEP_FIELDS = ("steps", "warmup", "self_pair_until", "eval_every", "lr_timescale")
 
@@ -1311,8 +1308,9 @@ def make_parser():
     data.add_argument("--space", help="sphere, box or unbounded")
     data.add_argument("--marginal", help="p(z): uniform, normal, laplace or gennorm")
     data.add_argument("--marginal-scale", type=float, help="scale m of a non-uniform marginal")
-    data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace, gennorm or "
-                      "restricted_vmf (keeps the first --kept coordinates of z)")
+    data.add_argument("--conditional", help="p(z_tilde|z): vmf, normal, laplace, gennorm, "
+                      "restricted_vmf (keeps the first --kept coordinates of z) or aniso_normal "
+                      "(noise of one precision per coordinate, --precisions)")
     data.add_argument("--kept", type=int, help="restricted_vmf: coordinates the positive keeps (1)")
     data.add_argument("--support-negatives", type=int,
                       help="the support-corrected loss with this many negatives per anchor, drawn "
