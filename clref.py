@@ -738,8 +738,9 @@ def _product_tile(q, keys, keys_t, tau, p):
     if p is None:
         scores = (q / tau) @ keys_t
 
-        def backward(w):
-            w = w * (1.0 / tau)
+        def backward(w):                 # w is the caller's buffer, scaled in place
+            if tau != 1:
+                w *= 1.0 / tau
             return w @ keys, q.T @ w
         return scores, backward
     scores = ((2.0 / tau) * q) @ keys_t
@@ -747,7 +748,7 @@ def _product_tile(q, keys, keys_t, tau, p):
     scores -= np.sum(keys * keys, axis=1)[None, :] / tau
 
     def backward(w):                     # d S[i, j] / d q_i = 2 (k_j - q_i) / tau
-        w = w * (2.0 / tau)
+        w *= 2.0 / tau
         return (w @ keys - np.sum(w, axis=1)[:, None] * q,
                 q.T @ w - np.sum(w, axis=0)[None, :] * keys_t)
     return scores, backward
@@ -775,7 +776,8 @@ def _lp_tile(q, keys_t, tau, p, work, ties):
     scores *= -1.0 / tau
 
     def backward(w):
-        w = w * (1.0 / tau)
+        if tau != 1:
+            w *= 1.0 / tau
         grad_q = np.matmul(slope, w[:, :, None])[:, :, 0]     # Σ_j W_ij slope_ikj
         np.multiply(slope, w[:, None, :], out=slope)
         return -grad_q, np.sum(slope, axis=0)

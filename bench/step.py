@@ -1,11 +1,14 @@
 """Time one training step of the paper's encoder and of the grid's; JSON lines.
 
 python bench/step.py [--threads T] [--out results/bench.jsonl]
+python bench/step.py --profile
 
 The first line is the environment (versions, BLAS, kernel, CPU, threads, commit),
 then one line per setting: the median milliseconds of a step (sample, mix, encode
 both views, loss, gradient, Adam) and numpy's rate on the same matrix products,
 timed between the steps so that both see the same machine load (README "Speed").
+--profile prints instead where one step's milliseconds go, part by part, at the
+paper's shape and the grid's (results/speed.md).
 """
 import argparse
 import json
@@ -16,6 +19,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
+import autograd  # noqa: E402
 import numpy as np  # noqa: E402
 
 import clref as C  # noqa: E402
@@ -87,7 +91,98 @@ def bench_step(loss, dtype, batch_size, includes_sampling, widths=train.REFERENC
             "widths": list(cfg.widths), "steps_timed": steps, "threads": train.blas_threads()}
 
 
+def profile_step(loss, batch_size, widths, threads, dtype="float32", reps=30, warmup=3):
+    """Milliseconds (medians over `reps`) of each part of one training step, the parts
+    run one after another in every repetition so that all see the same load: each
+    layer's forward and backward pass and the matrix products inside them, the head
+    both ways, the loss with its gradient, Adam, and the whole step; "rest" is the
+    whole step less its parts (autograd's bookkeeping, stacking the two views)."""
+    train.set_blas_threads(threads)
+    base = dict(n=10, widths=tuple(widths), batch_size=batch_size, dtype=dtype, tau=1.0,
+                cond_pool=1000, lr=1e-4)
+    if loss == "dot":
+        cfg = C.Config(**base, space="sphere", conditional="vmf", head="sphere", p=None)
+    else:
+        cfg = C.Config(**base, space="box", conditional="laplace", head="none", p=1.0)
+    rng = np.random.default_rng(0)
+    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
+    params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
+    adam = C.adam_init(params)
+    batch = train.contrastive_batch(cfg, mixing, rng)
+    layers = params["layers"]
+    slopes = [C.ENCODER_SLOPE] * (len(layers) - 1) + [1.0]
+
+    def loss_of(h_both):
+        h, h_tilde = C.anp.split(h_both, 2)
+        return C.infonce(h, h_tilde, cfg.tau, cfg.p, cfg.self_pair, cfg.loss_form)
+
+    loss_grad = autograd.grad(loss_of)
+    times = {}
+
+    def timed(name, function, *args):
+        start = time.perf_counter()
+        out = function(*args)
+        times.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+
+    for _ in range(warmup + reps):
+        inputs = [np.concatenate(batch)]
+        for k, ((w, b), slope) in enumerate(zip(layers, slopes)):
+            timed(f"layer {k + 1} forward: product", np.matmul, inputs[-1], w)
+            inputs.append(timed(f"layer {k + 1} forward", C.dense, inputs[-1], w, b, slope))
+        h_out = inputs[-1]
+        if cfg.head == "sphere":
+            h_both = timed("head forward", C.sphere_head, h_out, cfg.radius)
+        else:
+            h_both = h_out
+        g = timed("loss and its gradient", loss_grad, h_both)
+        if cfg.head == "sphere":
+            g = timed("head backward", C._sphere_head_vjp((0,), h_both, (h_out, cfg.radius), {}),
+                      g)[0]
+        grads = []
+        for k in reversed(range(len(layers))):
+            w, b = layers[k]
+            h_in, ans = inputs[k], inputs[k + 1]
+            argnums = (1, 2) if k == 0 else (0, 1, 2)
+            timed(f"layer {k + 1} backward: products", lambda: (g @ w.T, h_in.T @ g))
+            out = timed(f"layer {k + 1} backward", C._dense_vjp(argnums, ans, (h_in, w, b, slopes[k]),
+                                                                  {}), g)
+            grads[:0] = out[-2:]
+            g = out[0] if k > 0 else None
+        grad_tree = C.with_leaves(C.trainable(params), iter(grads))
+        timed("Adam", C.adam_update, params, grad_tree, {"m": [m.copy() for m in adam["m"]],
+                                                         "v": [v.copy() for v in adam["v"]],
+                                                         "t": 0}, cfg.lr)
+        timed("whole step", C.train_step, C.contrastive_objective, params,
+              {"m": [m.copy() for m in adam["m"]], "v": [v.copy() for v in adam["v"]], "t": 0},
+              batch, cfg, cfg.lr)
+    ms = {name: 1000 * float(np.median(values[warmup:])) for name, values in times.items()}
+    parts = sum(value for name, value in ms.items() if ":" not in name and name != "whole step")
+    ms["rest"] = ms["whole step"] - parts
+    return ms
+
+
 GRID_WIDTHS = train.CPU.widths
+PROFILE_SHAPES = (("dot", 1024, train.REFERENCE_WIDTHS, 2), ("dot", 512, GRID_WIDTHS, 1),
+                  ("l1", 512, GRID_WIDTHS, 1))   # (loss, batch, widths, BLAS threads)
+
+
+def profile_table(shapes=PROFILE_SHAPES):
+    """A markdown table of `profile_step` at each shape, one column per shape, and the
+    share of the step that the matrix products take."""
+    columns = [profile_step(*shape) for shape in shapes]
+    heads = [f"{'-'.join(map(str, widths))}, {loss}, batch {batch}, {threads} thread"
+             f"{'s' if threads > 1 else ''}" for loss, batch, widths, threads in shapes]
+    names = list(dict.fromkeys(name for column in columns for name in column))
+    lines = [f"# {train.describe_environment(train.environment())}; medians of 30 repetitions",
+             "| part, ms | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{column[name]:.2f}" if name in column else "" for column in columns) + " |")
+    products = [sum(v for k, v in column.items() if ":" in k) for column in columns]
+    lines.append("| matrix products / whole step | " + " | ".join(
+        f"{p / column['whole step']:.2f}" for p, column in zip(products, columns)) + " |")
+    return "\n".join(lines)
 
 
 def run_bench(say=print):
@@ -117,9 +212,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, help="threads of numpy's BLAS (default: as it chose)")
     parser.add_argument("--out", default=os.path.join(HERE, "..", "results", "bench.jsonl"),
                         help="where the JSON lines go (default results/bench.jsonl)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print milliseconds per part of one step (paper and grid shapes)")
     args = parser.parse_args(argv)
     if args.threads is not None and train.set_blas_threads(args.threads) is None:
         parser.error("--threads: numpy's BLAS is not an OpenBLAS whose thread count can be set")
+    if args.profile:
+        print(profile_table(), flush=True)
+        return 0
     lines = [json.dumps({"env": train.environment()})]
     print(lines[0], flush=True)
     for row in run_bench(lambda line: print(line, flush=True)):
