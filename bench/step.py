@@ -144,7 +144,8 @@ def profile_step(loss, batch_size, widths, threads, dtype="float32", reps=30, wa
             w, b = layers[k]
             h_in, ans = inputs[k], inputs[k + 1]
             argnums = (1, 2) if k == 0 else (0, 1, 2)
-            timed(f"layer {k + 1} backward: products", lambda: (g @ w.T, h_in.T @ g))
+            timed(f"layer {k + 1} backward: products",
+                  lambda: (h_in.T @ g,) if k == 0 else (g @ w.T, h_in.T @ g))
             out = timed(f"layer {k + 1} backward", C._dense_vjp(argnums, ans, (h_in, w, b, slopes[k]),
                                                                   {}), g)
             grads[:0] = out[-2:]
@@ -170,11 +171,12 @@ PROFILE_SHAPES = (("dot", 1024, train.REFERENCE_WIDTHS, 2), ("dot", 512, GRID_WI
 def profile_table(shapes=PROFILE_SHAPES):
     """A markdown table of `profile_step` at each shape, one column per shape, and the
     share of the step that the matrix products take."""
+    env = train.describe_environment(train.environment())
     columns = [profile_step(*shape) for shape in shapes]
     heads = [f"{'-'.join(map(str, widths))}, {loss}, batch {batch}, {threads} thread"
              f"{'s' if threads > 1 else ''}" for loss, batch, widths, threads in shapes]
     names = list(dict.fromkeys(name for column in columns for name in column))
-    lines = [f"# {train.describe_environment(train.environment())}; medians of 30 repetitions",
+    lines = [f"# {env}; BLAS threads in each column's head; medians of 30 repetitions",
              "| part, ms | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(
