@@ -2189,3 +2189,26 @@ def test_beyond_rows_are_listed_apart_and_left_out_of_the_grid(capsys):
         C.check_config(train.PRESETS[name].config)
     assert train.verdict({"met": True, "r2": 0.5, "mcc": 0.5, "identity_r2": 0.6, "seconds": 1.0},
                          "restricted_plain_n3").startswith("as theory expects")
+
+
+# ----------------------------------------------------------------------------
+# Speed (results/speed.md; bench/step.py)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["dot", "l1"])
+def test_the_step_profile_times_the_parts_of_the_real_step(loss):
+    """bench/step.py --profile times the layers, head, loss and Adam one by one; the
+    gradient those parts assemble is the gradient of the training step."""
+    import train
+    from autograd import grad
+    step = load_bench("step")
+    ms, grads = step.profile_step(loss, 16, (8, 8), threads=train.blas_threads() or 1,
+                                  dtype="float64", reps=2, warmup=1)
+    assert {"loss and its gradient", "Adam", "whole step", "rest", "layer 1 forward",
+            "layer 3 backward: products"} <= set(ms)
+    assert all(math.isfinite(value) and value >= 0 for name, value in ms.items() if name != "rest")
+    cfg, _, params, batch, _ = step.setting(loss, "float64", 16, (8, 8))
+    expected = C.parameter_leaves(grad(C.contrastive_objective)(params, *batch, cfg))
+    assert len(grads) == len(expected)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)

@@ -52,11 +52,9 @@ def time_gemms(operands):
     return time.perf_counter() - start
 
 
-def bench_step(loss, dtype, batch_size, includes_sampling, widths=train.REFERENCE_WIDTHS, steps=20,
-               warmup=3):
-    """Median milliseconds of one training step of an encoder of `widths` at N = 10,
-    and numpy's rate on the same matrix products, timed between the steps so that
-    both see the same machine load."""
+def setting(loss, dtype, batch_size, widths):
+    """(cfg, mixing, initial encoder, a batch of pairs, the generator that drew them)
+    for a step at N = 10: the sphere with the dot loss, or the box with L1."""
     base = dict(n=10, widths=tuple(widths), batch_size=batch_size, dtype=dtype, tau=1.0,
                 cond_pool=1000, lr=1e-4)
     if loss == "dot":
@@ -66,8 +64,16 @@ def bench_step(loss, dtype, batch_size, includes_sampling, widths=train.REFERENC
     rng = np.random.default_rng(0)
     mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
     params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
+    return cfg, mixing, params, train.contrastive_batch(cfg, mixing, rng), rng
+
+
+def bench_step(loss, dtype, batch_size, includes_sampling, widths=train.REFERENCE_WIDTHS, steps=20,
+               warmup=3):
+    """Median milliseconds of one training step of an encoder of `widths` at N = 10,
+    and numpy's rate on the same matrix products, timed between the steps so that
+    both see the same machine load."""
+    cfg, mixing, params, fixed, rng = setting(loss, dtype, batch_size, widths)
     adam = C.adam_init(params)
-    fixed = train.contrastive_batch(cfg, mixing, rng)
     shapes = encoder_gemm_shapes(cfg.n, cfg.widths, 2 * batch_size)
     if loss == "dot":  # S = h_tilde hᵀ and its two gradient products
         shapes += [(batch_size, cfg.n, batch_size), (batch_size, batch_size, cfg.n),
@@ -96,19 +102,12 @@ def profile_step(loss, batch_size, widths, threads, dtype="float32", reps=30, wa
     run one after another in every repetition so that all see the same load: each
     layer's forward and backward pass and the matrix products inside them, the head
     both ways, the loss with its gradient, Adam, and the whole step; "rest" is the
-    whole step less its parts (autograd's bookkeeping, stacking the two views)."""
+    whole step less its parts (autograd's bookkeeping, stacking the two views).
+    Returns (milliseconds by part, the gradient the parts computed, as the list of
+    trainable leaves), so that a test can check the parts make up the step."""
     train.set_blas_threads(threads)
-    base = dict(n=10, widths=tuple(widths), batch_size=batch_size, dtype=dtype, tau=1.0,
-                cond_pool=1000, lr=1e-4)
-    if loss == "dot":
-        cfg = C.Config(**base, space="sphere", conditional="vmf", head="sphere", p=None)
-    else:
-        cfg = C.Config(**base, space="box", conditional="laplace", head="none", p=1.0)
-    rng = np.random.default_rng(0)
-    mixing = C.make_mixing(cfg.n, cfg.mixing_layers, rng, cfg.cond_pool)
-    params = C.init_encoder(cfg.n, cfg.widths, cfg.head, rng, dtype)
+    cfg, _, params, batch, _ = setting(loss, dtype, batch_size, widths)
     adam = C.adam_init(params)
-    batch = train.contrastive_batch(cfg, mixing, rng)
     layers = params["layers"]
     slopes = [C.ENCODER_SLOPE] * (len(layers) - 1) + [1.0]
 
@@ -160,7 +159,7 @@ def profile_step(loss, batch_size, widths, threads, dtype="float32", reps=30, wa
     ms = {name: 1000 * float(np.median(values[warmup:])) for name, values in times.items()}
     parts = sum(value for name, value in ms.items() if ":" not in name and name != "whole step")
     ms["rest"] = ms["whole step"] - parts
-    return ms
+    return ms, grads
 
 
 GRID_WIDTHS = train.CPU.widths
@@ -172,7 +171,7 @@ def profile_table(shapes=PROFILE_SHAPES):
     """A markdown table of `profile_step` at each shape, one column per shape, and the
     share of the step that the matrix products take."""
     env = train.describe_environment(train.environment())
-    columns = [profile_step(*shape) for shape in shapes]
+    columns = [profile_step(*shape)[0] for shape in shapes]
     heads = [f"{'-'.join(map(str, widths))}, {loss}, batch {batch}, {threads} thread"
              f"{'s' if threads > 1 else ''}" for loss, batch, widths, threads in shapes]
     names = list(dict.fromkeys(name for column in columns for name in column))
