@@ -655,6 +655,31 @@ def test_train_step_keeps_dtype_and_lowers_the_loss(dtype):
     assert loss < first - 0.5, f"50 steps on one batch did not lower the loss ({first:.3f} -> {loss:.3f})"
 
 
+@pytest.mark.parametrize("head,p", [("sphere", None), ("box", 1.0), ("none", 3.0)])
+def test_a_float32_step_keeps_parameters_gradients_and_moments_in_float32(head, p):
+    """No float64 creeps into a float32 step: the loss's gradient, every parameter and
+    both Adam moments stay float32, with a learned radius and the whitening stage."""
+    from autograd import grad
+    g = rng(21)
+    space = {"sphere": "sphere", "box": "box", "none": "unbounded"}[head]
+    cfg = C.Config(n=3, widths=(8, 8), head=head, p=p, space=space, dtype="float32",
+                   conditional="vmf" if head == "sphere" else "laplace",
+                   marginal="uniform" if head != "none" else "laplace", learn_radius=head == "sphere",
+                   whiten=True, self_pair=p is not None)
+    x = g.standard_normal((32, 3)).astype(np.float32)
+    x_tilde = (x + 0.05 * g.standard_normal((32, 3))).astype(np.float32)
+    params = C.init_encoder(3, cfg.widths, head, g, "float32", learn_radius=cfg.learn_radius,
+                            stage=C.whitening_stage(x))
+    assert all(leaf.dtype == np.float32 for leaf in C.parameter_leaves(params))
+    grads = grad(C.contrastive_objective)(params, x, x_tilde, cfg)
+    assert all(np.asarray(leaf).dtype == np.float32 for leaf in C.parameter_leaves(C.trainable(grads)))
+    state = C.adam_init(params)
+    for _ in range(3):
+        _, params, state = C.train_step(C.contrastive_objective, params, state, (x, x_tilde), cfg, 1e-3)
+    assert all(np.asarray(leaf).dtype == np.float32 for leaf in C.parameter_leaves(params))
+    assert all(m.dtype == np.float32 for m in state["m"] + state["v"])
+
+
 # ----------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------

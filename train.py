@@ -1407,7 +1407,7 @@ def describe_departure(name, cfg):
     if name == "batch":
         return f"batch {cfg.batch_size}"
     if name == "rate schedule":
-        peak = f"{cfg.lr:g}" + (f", {cfg.warmup} warm-up steps" if cfg.warmup else "")
+        peak = f"{cfg.lr:g}" + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
         if cfg.lr_final is not None:
             return f"{peak}, cosine to {cfg.lr_final:g}"
         if cfg.lr_timescale is not None:
