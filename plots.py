@@ -402,6 +402,53 @@ def plot_ladder(results_dir):
     return save(fig, os.path.join(results_dir, "ladder.png"))
 
 
+def plot_boundaries(path, theorem, runs, precisions):
+    """boundaries.png (bench/boundaries.py --figure), three panels. Left: Theorem 4.5 as
+    a number, loss(lambda) - loss(1) of h_lambda under full and restricted support
+    ({name: {"losses": {lambda: value}}}). Middle: held-out R² (filled) and orthogonality
+    gap (open) of each finished run, grouped by row ({row: [(r2, gap), ...]}), with the
+    paper's R² where it gives one ({row: value} under the key "paper"). Right: learned
+    against true precisions of runs with a learned precision ({label: report}), each
+    learned set divided by its own common scale (the geometric mean of the ratios)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
+    left, middle, right = axes
+    for name, result in theorem.items():
+        lambdas = sorted(result["losses"])
+        left.plot(lambdas, [result["losses"][lam] for lam in lambdas], "o-", label=name)
+    left.axvline(1.0, color="gray", lw=0.8)
+    left.axhline(0.0, color="gray", lw=0.8)
+    left.set(title="Theorem 4.5 on S² (tau 0.3)", xlabel="lambda in h_lambda(u, v) = (u, lambda v)/||.||",
+             ylabel="asymptotic loss - its value at lambda = 1")
+    left.legend(fontsize=8)
+    paper = runs.get("paper", {})
+    names = [name for name in runs if name != "paper"] or ["(no runs yet)"]
+    for k, name in enumerate(names):
+        for r2, gap in runs.get(name, []):
+            middle.plot(k, r2, "o", color="tab:blue", ms=5)
+            middle.plot(k + 0.15, gap, "o", color="tab:orange", ms=5, mfc="none")
+        if name in paper:
+            middle.plot([k - 0.25, k + 0.25], [paper[name]] * 2, color="tab:red", lw=2)
+    middle.plot([], [], "o", color="tab:blue", label="held-out R²")
+    middle.plot([], [], "o", color="tab:orange", mfc="none", label="orthogonality gap")
+    middle.plot([], [], color="tab:red", lw=2, label="their Table 1 (R²)")
+    middle.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    middle.set(title="restricted support: runs, one marker a seed", ylim=(-0.05, 1.05))
+    middle.legend(fontsize=8, loc="center right")
+    middle.grid(alpha=0.3)
+    for label, report in precisions.items():
+        learned, true = np.asarray(report["matched"]), np.asarray(report["true"])
+        scale = np.exp(np.mean(np.log(learned / true)))
+        right.plot(true, learned / scale, "o-", ms=4, label=f"{label} (corr {report['correlation']:.3f})")
+    if precisions:
+        span = [min(min(r["true"]) for r in precisions.values()), max(max(r["true"]) for r in precisions.values())]
+        right.plot(span, span, color="gray", lw=0.8, ls="--")
+        right.legend(fontsize=7)
+    right.set(title="anisotropic: learned precision of the matched output",
+              xlabel="true precision of the latent", ylabel="learned precision / common scale")
+    right.grid(alpha=0.3)
+    return save(fig, path)
+
+
 def train_bars(preset):
     """The bars of a preset of train.py, as its describe_bars text."""
     import train

@@ -2053,6 +2053,31 @@ def test_theorem_4_5_as_a_number_restricted_support_moves_the_minimum_below_lamb
     assert all(value >= 0 for value in full["losses"].values()), full["losses"]
 
 
+def test_the_boundaries_figure_draws_runs_of_a_restricted_row_and_a_learned_precision(tmp_path):
+    """bench/boundaries.py --figure reads finished runs below the results directory: a
+    restricted-support run gives an R² and a gap, a run with a learned precision its
+    matched precisions; the figure is written."""
+    import train
+    boundaries = load_bench("boundaries")
+    plain = train.PRESETS["restricted_plain_n3"].config.replace(
+        widths=(8, 8), batch_size=32, steps=4, eval_every=2, eval_size=256, supervised_steps=0,
+        cond_pool=10)
+    for part in ("runs/restricted_plain_n3-s0", "tuning/aniso"):
+        os.makedirs(tmp_path / "boundaries" / part)
+    train.run(plain, str(tmp_path / "boundaries" / "runs" / "restricted_plain_n3-s0"),
+              preset="restricted_plain_n3", say=lambda line: None, baseline=False)
+    aniso = TINY.replace(n=4, space="sphere", head="sphere", conditional="aniso_normal",
+                         precisions=C.linear_precisions(4), p=2.0, tau=1.0, learn_precision=True,
+                         supervised_steps=0, marginal="uniform")
+    train.run(aniso, str(tmp_path / "boundaries" / "tuning" / "aniso"), say=lambda line: None,
+              baseline=False)
+    path = boundaries.figure(results=str(tmp_path), pairs=50)
+    assert os.path.getsize(path) > 0
+    found = dict((os.path.basename(d), preset) for preset, d in
+                 boundaries.finished_runs(str(tmp_path / "boundaries")))
+    assert found == {"restricted_plain_n3-s0": "restricted_plain_n3", "aniso": None}
+
+
 # ----------------------------------------------------------------------------
 # Anisotropic conditionals and the learned precision (README §2, §5)
 # ----------------------------------------------------------------------------

@@ -6,6 +6,11 @@ python bench/boundaries.py --precisions RUN_DIR [RUN_DIR ...]
     for a finished run with a learned precision: the learned Λ̂ = softplus(λ) of each
     output against the true Λ of the latent the MCC matching gives it, their
     correlation and the spread of their ratio after one common scale.
+python bench/boundaries.py --figure [--pairs 20000]
+    results/boundaries.png: the theorem's curves, R² and orthogonality gap of every
+    finished restricted-support run, learned against true precisions of every finished
+    run with a learned precision (the run directories under results/boundaries and the
+    ladder's sphere_vmf_k10 preset runs, the full-support twins at N = 10).
 python bench/boundaries.py --theorem [--pairs 20000] [--seed 0]
     the asymptotic loss (alignment + uniformity, README §5) of
     h_lambda(u, v) = (u, lambda v) / ||(u, lambda v)|| on the sphere S² (N = 3, u the
@@ -114,6 +119,41 @@ def gap_report(run_dir):
             C.orthogonality_gap(z_eval.astype(float), h_eval))
 
 
+RESULTS = os.path.join(os.path.dirname(HERE), "results")
+THEIR_R2 = {"restricted_full_n3": 1.00, "restricted_plain_n3": 0.13, "restricted_corrected_n3": 0.60}
+RESTRICTED_ROWS = ("restricted_full_n3", "restricted_plain_n3", "restricted_corrected_n3",
+                   "sphere_vmf_k10", "restricted_plain_k10")
+
+
+def finished_runs(root):
+    """(preset, run_dir) of every finished run (metrics.json present) under root."""
+    import train
+    found = []
+    for dirpath, _, files in sorted(os.walk(root)):
+        if "metrics.json" in files and "checkpoint.npz" in files:
+            found.append((train.read_json(os.path.join(dirpath, "metrics.json")).get("preset"), dirpath))
+    return found
+
+
+def figure(results=RESULTS, pairs=20000, seed=0):
+    """Draw results/boundaries.png from the runs that have finished; returns its path."""
+    import plots
+    theorem = {name: theorem_4_5(conditional, pairs, seed)
+               for conditional, name in (("vmf", "full support"), ("restricted_vmf", "restricted"))}
+    runs = {name: [] for name in RESTRICTED_ROWS}
+    twins = [(preset, d) for preset, d in finished_runs(os.path.join(results, "ladder", "runs"))
+             if os.path.basename(d).startswith("sphere_vmf_k10-preset-")]
+    precisions = {}
+    for preset, run_dir in finished_runs(os.path.join(results, "boundaries")) + twins:
+        cfg = plots.read_config(run_dir)
+        if cfg.learn_precision:
+            precisions[os.path.basename(run_dir)] = precision_report(run_dir)
+        elif preset in runs:
+            runs[preset].append(gap_report(run_dir))
+    runs["paper"] = THEIR_R2
+    return plots.plot_boundaries(os.path.join(results, "boundaries.png"), theorem, runs, precisions)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--theorem", action="store_true", help="print Theorem 4.5 as a number")
@@ -121,6 +161,7 @@ def main(argv=None):
                         help="held-out R² and orthogonality gap of finished runs")
     parser.add_argument("--precisions", nargs="+", metavar="RUN_DIR",
                         help="learned against true precisions of finished runs")
+    parser.add_argument("--figure", action="store_true", help="draw results/boundaries.png")
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -138,10 +179,13 @@ def main(argv=None):
             print(f"  correlation {r['correlation']:.3f}, ratio spread after one common scale "
                   f"×{r['ratio_spread']:.3f}; matched |rho| " + " ".join(f"{v:.3f}" for v in r["rho"]))
         return 0
-    if not args.theorem:
-        parser.error("say --theorem or --precisions RUN_DIR")
+    if not (args.theorem or args.figure):
+        parser.error("say --theorem, --figure, --gap RUN_DIR or --precisions RUN_DIR")
     if args.pairs < 10:
         raise SystemExit(f"--pairs must be an integer >= 10, got {args.pairs}")
+    if args.figure:
+        print(f"wrote {figure(pairs=args.pairs, seed=args.seed)}")
+        return 0
     print(f"N = 3, tau = {TAU}, kappa = 1/tau, u = z_1 kept by the restricted conditional; "
           f"{args.pairs} pairs, seed {args.seed}")
     print("loss(lambda) - loss(1) at lambda = " + ", ".join(f"{lam:g}" for lam in LAMBDAS))
