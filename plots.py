@@ -30,8 +30,11 @@ DPI = 120
 def setting_title(cfg, steps=None):
     """'sphere, vmf (kappa=10), dot loss tau=0.1, N=10, 6000 steps'."""
     noise = {"vmf": f"kappa={cfg.kappa:g}", "normal": f"sigma={cfg.sigma:g}",
-             "laplace": f"lam={cfg.lam:g}", "gennorm": f"beta={cfg.beta:g}, lam={cfg.lam:g}"}
+             "laplace": f"lam={cfg.lam:g}", "gennorm": f"beta={cfg.beta:g}, lam={cfg.lam:g}",
+             "restricted_vmf": f"kappa={cfg.kappa:g}, keeps {cfg.kept}",
+             "aniso_normal": "precisions " + "-".join(f"{v:g}" for v in (cfg.precisions or ()))}
     loss = "dot" if cfg.p is None else f"L{cfg.p:g}"
+    loss = "anisotropic" if cfg.learn_precision else loss
     return (f"{cfg.space}, {cfg.marginal} p(z), {cfg.conditional} ({noise[cfg.conditional]}), "
             f"{loss} loss tau={cfg.tau:g}, N={cfg.n}, {steps if steps is not None else cfg.steps} steps")
 

@@ -1246,6 +1246,17 @@ def test_run_figures_are_drawn(tmp_path):
         assert_png(path)
 
 
+@pytest.mark.parametrize("conditional", C.CONDITIONALS)
+def test_every_conditional_has_a_figure_title(conditional):
+    """A run's figures name its conditional; none is left without a title (a run would
+    otherwise end in a KeyError after training)."""
+    import plots
+    cfg = C.Config(n=4, conditional=conditional, precisions=C.linear_precisions(4),
+                   learn_precision=conditional == "aniso_normal")
+    title = plots.setting_title(cfg)
+    assert conditional in title and "N=4" in title
+
+
 def test_grid_cost_is_counted_in_runs_of_the_default_preset_inside_the_grid():
     import train
     rows = [{"preset": train.DEFAULT_PRESET, "seconds": 100.0},
