@@ -50,7 +50,7 @@ ENCODER_SEEDS = (1000,)
 EVALUATIONS, EVAL_GROWTH = 50, 0.02
 SETS = ("ladder", "encoder")
 COLUMNS = ["set", "row", "rung", "seed", "finished", "met", "r2", "mcc", "pairs_to_bar", "pairs", "budget",
-           "steps", "batch_size", "seconds", "seconds_per_step", "changes"]
+           "steps", "batch_size", "seconds", "seconds_per_step", "blas_threads", "changes"]
 
 
 def rungs(row):
@@ -134,6 +134,16 @@ def read_log(path):
         return []
 
 
+def blas_threads_of(path):
+    """The BLAS threads of each stretch of a run (its env.json), as "1" or "1, then 2, then 1":
+    a run resumed with another thread count while another run shared the cores has seconds
+    that do not compare with the others'."""
+    history = train.read_json(os.path.join(path, "env.json")) or []
+    counts = [str(entry.get("blas_threads")) for entry in history if isinstance(entry, dict)]
+    changes = [c for k, c in enumerate(counts) if k == 0 or c != counts[k - 1]]
+    return ", then ".join(changes) or "unknown"
+
+
 def run_record(job):
     """One row of ladder.csv from a run's log.csv and metrics.json; a run started and
     not finished gives its numbers so far (finished False); one never started, None."""
@@ -153,7 +163,7 @@ def run_record(job):
             "pairs": steps * cfg.batch_size, "budget": cfg.steps * cfg.batch_size, "steps": steps,
             "batch_size": cfg.batch_size,
             "seconds": last["seconds"], "seconds_per_step": last["seconds"] / max(steps, 1),
-            "changes": changes or "-"}
+            "blas_threads": blas_threads_of(path), "changes": changes or "-"}
 
 
 def _short(value):
@@ -254,15 +264,17 @@ def ladder_markdown(records, jobs, command):
                     f"{_median_range([r['seconds'] for r in done], lambda v: f'{v:.0f}')} | "
                     f"{'' if read is None else f'{read[0]}: {read[1]}'} |")
         lines.append("")
-    lines += ["## Every run", "", "| run | finished | met | R² | MCC | pairs to the bar | seconds | command |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Every run", "", "BLAS threads: those of each stretch of the run, when it was resumed "
+              "with another count (its seconds then do not compare with the others').", "",
+              "| run | finished | met | R² | MCC | pairs to the bar | seconds | BLAS threads | command |",
+              "|---|---|---|---|---|---|---|---|---|"]
     by_dir = {os.path.basename(job[5]): job for job in jobs}
     for r in records:
         job = next(j for j in by_dir.values() if j[1:4] == (r["row"], r["rung"], r["seed"]))
         lines.append(f"| {os.path.basename(job[5])} | {'yes' if r['finished'] else 'no (so far)'} | "
                      f"{'yes' if r['met'] else 'no'} | {r['r2']:.4f} | {r['mcc']:.4f} | "
                      f"{'not met' if r['pairs_to_bar'] is None else _millions(r['pairs_to_bar'])} | "
-                     f"{r['seconds']:.0f} | `{command_of(job)}` |")
+                     f"{r['seconds']:.0f} | {r['blas_threads']} | `{command_of(job)}` |")
     return "\n".join(lines) + "\n"
 
 
