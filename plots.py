@@ -374,12 +374,12 @@ def plot_ladder(results_dir):
     open marker at the top of the lower panel, one still running is grey."""
     with open(os.path.join(results_dir, "ladder.csv")) as f:
         rows = [r for r in csv.DictReader(f) if r["set"] == "ladder"]
+    import train
     names = list(dict.fromkeys(r["row"] for r in rows)) or ["(no runs yet)"]
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False,
                              layout="constrained")
     for k, name in enumerate(names):
         own = [r for r in rows if r["row"] == name]
-        import train
         present = {r["rung"] for r in own}
         rungs = [name for name in ("preset", *train.DEPARTURES, "official") if name in present]
         bars = parse_bars(train_bars(name))
