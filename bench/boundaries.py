@@ -6,6 +6,12 @@ python bench/boundaries.py --precisions RUN_DIR [RUN_DIR ...]
     for a finished run with a learned precision: the learned Λ̂ = softplus(λ) of each
     output against the true Λ of the latent the MCC matching gives it, their
     correlation and the spread of their ratio after one common scale.
+python bench/boundaries.py --summary
+    one line per row over the finished runs in results/boundaries/runs and the
+    ladder's sphere_vmf_k10 preset runs (the full-support twins at N = 10): seeds,
+    bars met, held-out R², MCC, and the orthogonality gap (a fixed similarity) or the
+    correlation of learned and true precisions (a learned one); also written to
+    results/boundaries/summary.csv, which the README's numbers are tested against.
 python bench/boundaries.py --figure [--pairs 20000]
     results/boundaries.png: the theorem's curves, R² and orthogonality gap of every
     finished restricted-support run, learned against true precisions of every finished
@@ -135,6 +141,57 @@ def finished_runs(root):
     return found
 
 
+SUMMARY_COLUMNS = ["preset", "seeds", "met", "r2_min", "r2_max", "mcc_min", "mcc_max",
+                   "gap_min", "gap_max", "correlation_min", "correlation_max"]
+SUMMARY_ROWS = RESTRICTED_ROWS + ("aniso_linear", "aniso_bimodal", "aniso_linear_dot")
+
+
+def summary(results=RESULTS):
+    """One dict per row of SUMMARY_ROWS with finished runs: the seeds ("1000-1004"), bars
+    met, and the range over seeds of held-out R², MCC (metrics.json) and of the
+    orthogonality gap or, with a learned precision, of the correlation of Λ̂ with Λ."""
+    import plots
+    import train
+    found = (finished_runs(os.path.join(results, "boundaries", "runs"))
+             + [(p, d) for p, d in finished_runs(os.path.join(results, "ladder", "runs"))
+                if os.path.basename(d).startswith("sphere_vmf_k10-preset-")])
+    rows = []
+    for preset in SUMMARY_ROWS:
+        dirs = [d for p, d in found if p == preset]
+        if not dirs:
+            continue
+        metrics = [train.read_json(os.path.join(d, "metrics.json")) for d in dirs]
+        row = {"preset": preset, "met": f"{sum(m['met'] for m in metrics)}/{len(metrics)}",
+               "seeds": seed_span(sorted(m["seed"] for m in metrics))}
+        for key in ("r2", "mcc"):
+            row[f"{key}_min"], row[f"{key}_max"] = min(m[key] for m in metrics), max(m[key] for m in metrics)
+        if plots.read_config(dirs[0]).learn_precision:
+            values, key = [precision_report(d)["correlation"] for d in dirs], "correlation"
+        else:
+            values, key = [gap_report(d)[1] for d in dirs], "gap"
+        row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
+        rows.append(row)
+    return rows
+
+
+def seed_span(seeds):
+    """[1000, 1001, 1002] -> "1000-1002"; seeds with gaps are listed."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def summary_line(row):
+    """The printed form of a summary row (what the README quotes)."""
+    def span(key, digits):
+        low, high = (f"{float(row[f'{key}_{end}']):.{digits}f}" for end in ("min", "max"))
+        return low if low == high else f"{low}-{high}"
+    last = (f"orthogonality gap {span('gap', 3)}" if row.get("gap_min") not in (None, "")
+            else f"Λ̂ against Λ: correlation {span('correlation', 3)}")
+    return (f"{row['preset']}: seeds {row['seeds']}, met {row['met']}, held-out R² {span('r2', 4)}, "
+            f"MCC {span('mcc', 4)}, {last}")
+
+
 def figure(results=RESULTS, pairs=20000, seed=0):
     """Draw results/boundaries.png from the runs that have finished; returns its path."""
     import plots
@@ -162,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--precisions", nargs="+", metavar="RUN_DIR",
                         help="learned against true precisions of finished runs")
     parser.add_argument("--figure", action="store_true", help="draw results/boundaries.png")
+    parser.add_argument("--summary", action="store_true",
+                        help="one line per row of the finished runs; writes results/boundaries/summary.csv")
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -179,8 +238,15 @@ def main(argv=None):
             print(f"  correlation {r['correlation']:.3f}, ratio spread after one common scale "
                   f"×{r['ratio_spread']:.3f}; matched |rho| " + " ".join(f"{v:.3f}" for v in r["rho"]))
         return 0
+    if args.summary:
+        import train
+        rows = summary()
+        train.write_text(os.path.join(RESULTS, "boundaries", "summary.csv"), train.csv_text(rows, SUMMARY_COLUMNS))
+        for row in rows:
+            print(summary_line(row))
+        return 0
     if not (args.theorem or args.figure):
-        parser.error("say --theorem, --figure, --gap RUN_DIR or --precisions RUN_DIR")
+        parser.error("say --theorem, --figure, --summary, --gap RUN_DIR or --precisions RUN_DIR")
     if args.pairs < 10:
         raise SystemExit(f"--pairs must be an integer >= 10, got {args.pairs}")
     if args.figure:
