@@ -1165,6 +1165,23 @@ def test_grid_sweep_runs_the_chosen_presets_on_the_chosen_seeds(tmp_path):
     assert bad.returncode == 2 and "box_normal_l3" in bad.stderr, bad.stderr
 
 
+def test_grid_gives_its_workers_the_blas_threads_asked_for(tmp_path):
+    """--grid --jobs 1 --threads 1 on a 2-core machine: each run records one BLAS
+    thread in its env.json (the workers used to take cores // jobs whatever --threads said)."""
+    import train
+    if train.blas_threads() is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS; its threads cannot be read")
+    grid = ["--grid", "--seeds", "1", "--only", "sphere_vmf_k10", "--jobs", "1", "--threads", "1",
+            "--n", "3", "--steps", "2", "--eval-every", "2", "--eval-size", "64",
+            "--supervised-steps", "0", "--widths", "8,8", "--batch-size", "16", "--no-plots",
+            "--whiten-samples", "500", "--out", "runs", "--results", "grid"]
+    result = run_cli(grid, tmp_path)
+    assert result.returncode == 0, result.stderr
+    import json
+    with open(tmp_path / "runs" / "sphere_vmf_k10-s0" / "env.json") as f:
+        assert [stretch["blas_threads"] for stretch in json.load(f)] == [1]
+
+
 def test_continue_command_keeps_the_run_options():
     import train
     line = train.continue_command(["--steps", "50", "--seed=3", "--resume", "--out", "a b"],
@@ -2073,20 +2090,36 @@ def test_the_boundaries_figure_draws_runs_of_a_restricted_row_and_a_learned_prec
     plain = train.PRESETS["restricted_plain_n3"].config.replace(
         widths=(8, 8), batch_size=32, steps=4, eval_every=2, eval_size=256, supervised_steps=0,
         cond_pool=10)
-    for part in ("runs/restricted_plain_n3-s0", "tuning/aniso"):
+    runs = tmp_path / "boundaries" / "runs"
+    for part in ("runs/restricted_plain_n3-s0", "runs/aniso_linear-s0", "tuning/aniso"):
         os.makedirs(tmp_path / "boundaries" / part)
-    train.run(plain, str(tmp_path / "boundaries" / "runs" / "restricted_plain_n3-s0"),
+    train.run(plain, str(runs / "restricted_plain_n3-s0"),
               preset="restricted_plain_n3", say=lambda line: None, baseline=False)
     aniso = TINY.replace(n=4, space="sphere", head="sphere", conditional="aniso_normal",
                          precisions=C.linear_precisions(4), p=2.0, tau=1.0, learn_precision=True,
                          supervised_steps=0, marginal="uniform")
     train.run(aniso, str(tmp_path / "boundaries" / "tuning" / "aniso"), say=lambda line: None,
               baseline=False)
+    train.run(aniso.replace(seed=7), str(runs / "aniso_linear-s0"), preset="aniso_linear",
+              say=lambda line: None, baseline=False)
     path = boundaries.figure(results=str(tmp_path), pairs=50)
     assert os.path.getsize(path) > 0
     found = dict((os.path.basename(d), preset) for preset, d in
                  boundaries.finished_runs(str(tmp_path / "boundaries")))
-    assert found == {"restricted_plain_n3-s0": "restricted_plain_n3", "aniso": None}
+    assert found == {"restricted_plain_n3-s0": "restricted_plain_n3", "aniso_linear-s0": "aniso_linear",
+                     "aniso": None}
+    # --summary: one row per preset of the runs directory (not the tuning runs), with the
+    # gap for a fixed similarity and the precisions' correlation for a learned one
+    rows = {row["preset"]: row for row in boundaries.summary(results=str(tmp_path))}
+    assert set(rows) == {"restricted_plain_n3", "aniso_linear"}
+    plain_metrics = train.read_json(str(runs / "restricted_plain_n3-s0" / "metrics.json"))
+    assert rows["restricted_plain_n3"]["r2_min"] == rows["restricted_plain_n3"]["r2_max"] == plain_metrics["r2"]
+    assert rows["restricted_plain_n3"]["gap_min"] == boundaries.gap_report(str(runs / "restricted_plain_n3-s0"))[1]
+    assert (rows["aniso_linear"]["correlation_max"]
+            == boundaries.precision_report(str(runs / "aniso_linear-s0"))["correlation"])
+    assert rows["aniso_linear"]["seeds"] == "7" and "gap_min" not in rows["aniso_linear"]
+    line = boundaries.summary_line(rows["restricted_plain_n3"])
+    assert line.startswith("restricted_plain_n3: seeds 0, met ") and "orthogonality gap" in line
 
 
 # ----------------------------------------------------------------------------

@@ -1099,10 +1099,10 @@ def run_grid(args, overrides, out_root, results_dir, argv):
         index, count = args.shard
         jobs = jobs[index::count]
     os.makedirs(results_dir, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**environment(), "blas_threads": f"{threads} per run"}  # the code that runs the jobs
     start = time.time()
-    results = run_in_pool(_grid_job, jobs, args.jobs)
+    results = run_in_pool(_grid_job, jobs, args.jobs, threads)
     wall = time.time() - start
     status = [r["status"] for r in results]
     finished = status.count("finished")
