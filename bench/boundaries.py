@@ -161,7 +161,9 @@ def summary(results=RESULTS):
         if not dirs:
             continue
         metrics = [train.read_json(os.path.join(d, "metrics.json")) for d in dirs]
-        row = {"preset": preset, "met": f"{sum(m['met'] for m in metrics)}/{len(metrics)}",
+        met = (f"{sum(m['met'] for m in metrics)}/{len(metrics)}" if train.PRESETS[preset].bars
+               else "no bar")                       # reported beside the others, nothing to meet
+        row = {"preset": preset, "met": met,
                "seeds": seed_span(sorted(m["seed"] for m in metrics))}
         for key in ("r2", "mcc"):
             row[f"{key}_min"], row[f"{key}_max"] = min(m[key] for m in metrics), max(m[key] for m in metrics)
