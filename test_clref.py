@@ -2064,6 +2064,37 @@ def test_readme_library_snippet_prints_the_lines_the_readme_shows():
 # Where the theory ends (bench/boundaries.py)
 # ----------------------------------------------------------------------------
 
+def test_readme_where_the_theory_ends_quotes_the_boundaries_summary():
+    """README "Where the theory ends" quotes results/boundaries/summary.csv (written by
+    `python bench/boundaries.py --summary`): each row's R² span, and its orthogonality gap
+    or precisions' correlation; MCC for the anisotropic rows. The csv's seeds, bars met,
+    R² and MCC are those of the runs' metrics.json files."""
+    import train
+    boundaries = load_bench("boundaries")
+    rows = read_csv("results", "boundaries", "summary.csv")
+    assert {r["preset"] for r in rows} == set(boundaries.SUMMARY_ROWS)
+    section = readme_text().split("## Where the theory ends", 1)[1].split(" ## ", 1)[0]
+    for row in rows:
+        root = ("ladder" if row["preset"] == "sphere_vmf_k10" else "boundaries")
+        runs = [train.read_json(os.path.join(HERE, "results", root, "runs", name, "metrics.json"))
+                for name in os.listdir(os.path.join(HERE, "results", root, "runs"))
+                if name.startswith(row["preset"] + ("-preset-s" if root == "ladder" else "-s"))]
+        runs = [m for m in runs if m is not None]
+        assert row["seeds"] == boundaries.seed_span(sorted(m["seed"] for m in runs)), row
+        assert row["met"] == (f"{sum(m['met'] for m in runs)}/{len(runs)}"
+                              if train.PRESETS[row["preset"]].bars else "no bar"), row
+        for key in ("r2", "mcc"):
+            assert float(row[f"{key}_min"]) == min(m[key] for m in runs), row
+            assert float(row[f"{key}_max"]) == max(m[key] for m in runs), row
+        line = boundaries.summary_line(row)
+        quoted = [line.split("held-out R² ")[1].split(",")[0],
+                  line.split("orthogonality gap " if row["gap_min"] else "correlation ")[1]]
+        if row["preset"].startswith("aniso"):
+            quoted.append(line.split("MCC ")[1].split(",")[0])
+        for text in quoted:                                 # ranges with an en dash in the README
+            assert text.replace("-", "–") in section, (row["preset"], text)
+
+
 def test_theorem_4_5_as_a_number_restricted_support_moves_the_minimum_below_lambda_1():
     """The asymptotic loss of h_lambda(u, v) = (u, lambda v)/||.|| on S² (tau 0.3): with
     full support its slope at lambda = 1 is zero within its noise and its curvature is
